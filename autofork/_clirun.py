@@ -1,0 +1,172 @@
+"""Run the user's program as plain ``python`` would, with its main code rewritten.
+
+Shared by ``python -m autofork`` and ``import autofork.enable``.  Modelled on
+coverage.py's ``PyRunner``: a real ``__main__`` module, ``SystemExit`` let through, the
+runner's own frame removed from the user's traceback.  The import hook is never asked
+for ``__main__``, so the main code is rewritten here.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import types
+from dataclasses import dataclass
+from typing import Optional
+
+from autofork import importhook
+
+#: The ``__main__`` module autofork is running, so that ``import autofork.enable`` at
+#: the top of it knows the switch is already on.
+running_main: Optional[types.ModuleType] = None
+
+
+class NoProgram(Exception):
+    """The script or module cannot be found; the message is what ``python`` would print."""
+
+
+@dataclass
+class Program:
+    """What to run: the source, and the attributes its ``__main__`` module gets."""
+
+    path: str
+    data: bytes
+    spec: Optional[importlib.machinery.ModuleSpec]  # None for a script, as under python
+
+    @property
+    def package(self) -> Optional[str]:
+        return None if self.spec is None else self.spec.parent
+
+    def module(self) -> types.ModuleType:
+        """A fresh ``__main__`` module, its attributes as ``python`` sets them."""
+        module = types.ModuleType("__main__")
+        module.__file__ = self.path
+        module.__builtins__ = builtins  # type: ignore[attr-defined]
+        module.__package__ = self.package
+        module.__spec__ = self.spec
+        if self.spec is None:
+            module.__loader__ = importlib.machinery.SourceFileLoader("__main__", self.path)
+            module.__cached__ = None  # type: ignore[attr-defined]
+        else:
+            module.__loader__ = self.spec.loader
+            module.__cached__ = self.spec.cached  # type: ignore[attr-defined]
+        return module
+
+
+def script(path: str) -> Program:
+    """The program ``python path`` runs (a file, or a directory with ``__main__.py``)."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        full = os.path.join(full, "__main__.py")
+    try:
+        with open(full, "rb") as file:
+            data = file.read()
+    except OSError as why:
+        raise NoProgram(f"{sys.executable}: can't open file {full!r}: "
+                        f"[Errno {why.errno}] {why.strerror}") from None
+    return Program(full, data, None)
+
+
+def module(name: str) -> Program:
+    """The program ``python -m name`` runs; imports its parent packages, as Python does."""
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            main_name = name + ".__main__"
+            spec = importlib.util.find_spec(main_name)
+            if spec is None:
+                raise NoProgram(f"{sys.executable}: No module named {main_name}; "
+                                f"{name!r} is a package and cannot be directly executed")
+    except (ImportError, ValueError) as why:
+        raise NoProgram(f"{sys.executable}: Error while finding module specification "
+                        f"for {name!r} ({type(why).__name__}: {why})") from None
+    if spec is None or spec.origin is None or spec.loader is None:
+        raise NoProgram(f"{sys.executable}: No module named {name}")
+    get_data = getattr(spec.loader, "get_data", None)
+    try:
+        data = get_data(spec.origin) if get_data is not None else b""
+    except OSError as why:
+        raise NoProgram(f"{sys.executable}: {why}") from None
+    return Program(spec.origin, data, spec)
+
+
+def compile_program(program: Program, rewrite: bool) -> types.CodeType:
+    """The program's code, rewritten when ``rewrite`` and it needs it.
+
+    Raises the ``SyntaxError`` plain Python would for a user's syntax error.
+    """
+    if program.spec is not None and not program.path.endswith(".py"):
+        code = program.spec.loader.get_code(program.spec.name)  # type: ignore[union-attr]
+        if code is None:
+            raise NoProgram(f"{sys.executable}: No code object available for {program.spec.name}")
+        return code
+    if rewrite:
+        directory = os.path.dirname(program.path)
+        resolver = importhook.make_resolver(search_path=[directory] if program.spec is None else [])
+        code = importhook.rewrite_code(program.data, program.path, "__main__",
+                                       program.package, resolver)
+        if code is not None:
+            return code
+    return compile(program.data, program.path, "exec", dont_inherit=True)
+
+
+def _finish(status: int) -> int:
+    """Join outstanding forks; unobserved failures make a zero status non-zero."""
+    lifecycle = sys.modules.get("autofork.runtime.lifecycle")
+    finish = getattr(lifecycle, "finish", None)
+    if finish is None:
+        return status
+    result = finish()
+    if status == 0 and isinstance(result, int) and not isinstance(result, bool) and result:
+        return result
+    if status == 0 and result is False:
+        return 1
+    return status
+
+
+def _report(exc: BaseException) -> None:
+    """Print ``exc`` as the interpreter would, without the runner's own frame."""
+    tb = exc.__traceback__
+    tb = tb.tb_next if tb is not None else None
+    exc.__traceback__ = tb
+    try:
+        sys.excepthook(type(exc), exc, tb)
+    except Exception:  # noqa: BLE001 - a broken excepthook: Python falls back too
+        sys.__excepthook__(type(exc), exc, tb)
+
+
+def execute(code: types.CodeType, main: types.ModuleType) -> int:
+    """Run ``code`` as ``__main__``; returns the exit status, or lets ``SystemExit`` through.
+
+    An uncaught exception is printed as the interpreter prints it (status 1;
+    ``KeyboardInterrupt``: 130).  Outstanding forks are joined before returning.
+    """
+    global running_main
+    sys.modules["__main__"] = running_main = main
+    try:
+        exec(code, main.__dict__)
+    except SystemExit as exit_:
+        status = _finish(_exit_status(exit_))
+        if status != _exit_status(exit_):
+            raise SystemExit(status) from None
+        raise
+    except KeyboardInterrupt as exc:
+        _report(exc)
+        _finish(130)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - the user's uncaught exception
+        _report(exc)
+        return _finish(1)
+    return _finish(0)
+
+
+def _exit_status(exit_: SystemExit) -> int:
+    code = exit_.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    return 1  # a message: Python prints it and exits 1

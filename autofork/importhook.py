@@ -1,0 +1,627 @@
+"""The import hook: rewrite the call sites of marked functions as modules load.
+
+``ImportHook`` is one PEP 451 meta-path finder; the loader it hands out is a
+``SourceFileLoader`` whose ``get_code`` returns the rewritten code.  For each import it
+is asked about, the finder bails out as early as it can:
+
+1. by name: autofork's own modules, the standard library (``sys.stdlib_module_names``),
+   anything while this thread is already inside the hook (the re-entrancy guard: the
+   rewriter imports libcst, the resolver asks other finders), and everything when
+   ``AUTOFORK=0``;
+2. by place (the rules below): the standard library and site-packages are left alone;
+3. by content: a valid cached rewrite is used as is; otherwise the transformer's cheap
+   ``needs_rewrite`` test (no libcst) decides, and a module that needs no rewrite is
+   left to the normal import machinery, byte for byte, with its normal pyc.
+
+Which modules are rewritten
+---------------------------
+Every module whose source file lies outside the standard library and site-packages
+(``site-packages`` / ``dist-packages`` directories, the interpreter's ``stdlib``,
+``purelib`` and ``platlib`` paths), except autofork itself.  Two lists of patterns
+change that: ``include`` (``--include``, ``AUTOFORK_INCLUDE``) adds modules that would
+be skipped, ``exclude`` (``--exclude``, ``AUTOFORK_EXCLUDE``) removes modules; exclude
+wins.  A list is one string of patterns separated by commas or ``os.pathsep``:
+
+* a pattern with a path separator in it is a *path*: made absolute (relative to the
+  current directory), it matches the module's source file and everything below it when
+  it has no glob characters, and is matched with ``fnmatch`` (``*`` crosses ``/``)
+  when it has (``*/generated/*``);
+* any other pattern is a *module name*: ``pkg`` matches ``pkg`` and ``pkg.sub.mod``
+  but not ``pkgx``; with glob characters it is matched with ``fnmatch`` (``pkg.*_gen``).
+
+The bytecode cache
+------------------
+A rewritten module's code is cached next to the normal pyc, under its own name:
+``__pycache__/<name>.cpython-311.autofork-<version>.pyc`` (``importlib.util
+.cache_from_source`` decides the directory, so ``PYTHONPYCACHEPREFIX`` and ``-O`` are
+honoured).  Its layout::
+
+    16 bytes   a PEP 552 checked-hash header: magic, flags 0b11, source hash
+     4 bytes   length n of the next part, little-endian
+     n bytes   marshal of (fingerprint, dependencies)
+     the rest  marshal of the code object
+
+The source hash is checked on every load, so an edit within the same second is seen.
+The fingerprint is the autofork version plus a digest of the rewriter's own source;
+the dependencies are the modules the rewrite resolved against, each with its source
+hash and the marks it defined.  The cache is stale when the source, the fingerprint, or
+the marks of any dependency differ (a dependency whose source changed but whose marks
+did not leaves the cache valid).  Nothing is written under ``sys.dont_write_bytecode``
+(``PYTHONDONTWRITEBYTECODE``), as Python does.
+
+Invariant: the cached pyc is always a complete, valid file.  It is written to a
+temporary file in the same directory and renamed over the old one with ``os.replace``,
+so a reader sees the old file or the new one, never a part.  A failed write is logged
+and costs speed, never correctness.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import marshal
+import os
+import site
+import sys
+import sysconfig
+import threading
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+__all__ = [
+    "ImportHook",
+    "Rules",
+    "install",
+    "installed_hooks",
+    "make_resolver",
+    "parse_patterns",
+    "disabled",
+    "cache_path",
+]
+
+log = logging.getLogger("autofork.importhook")
+
+Marks = Mapping[str, str]
+Resolver = Callable[[str], Optional[Marks]]
+# One resolved module, as stored in the cache: (name, source hash or None, marks or None).
+Dependency = tuple[str, Optional[bytes], Optional[tuple[tuple[str, str], ...]]]
+
+_FLAGS_CHECKED_HASH = (0b11).to_bytes(4, "little")
+_HEADER_SIZE = 16
+_GLOB_CHARS = frozenset("*?[")
+_OFF_VALUES = ("0", "false", "no", "off")
+
+# The re-entrancy guard, one per thread and shared by every hook instance: while a
+# thread is inside the hook (resolving, rewriting, importing libcst), the imports it
+# triggers go to the normal machinery.
+_guard = threading.local()
+
+
+def disabled() -> bool:
+    """True when ``AUTOFORK=0`` (or false/no/off): the hook then rewrites nothing."""
+    return os.environ.get("AUTOFORK", "1").strip().lower() in _OFF_VALUES
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def parse_patterns(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Split ``"a,b:c"`` (or several such strings) into patterns; paths become absolute."""
+    if text is None:
+        return ()
+    chunks = [text] if isinstance(text, str) else list(text)
+    patterns: list[str] = []
+    for chunk in chunks:
+        for part in chunk.replace(os.pathsep, ",").split(","):
+            part = part.strip()
+            if part:
+                patterns.append(os.path.abspath(part) if _is_path(part) else part)
+    return tuple(patterns)
+
+
+def _is_path(pattern: str) -> bool:
+    return os.sep in pattern or bool(os.altsep and os.altsep in pattern)
+
+
+def _matches(pattern: str, name: str, origin: str) -> bool:
+    has_glob = not _GLOB_CHARS.isdisjoint(pattern)
+    if _is_path(pattern):
+        if has_glob:
+            return fnmatch.fnmatch(origin, pattern)
+        return origin == pattern or origin.startswith(pattern.rstrip(os.sep) + os.sep)
+    if has_glob:
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def _skipped_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # site may be replaced (virtualenv < 20)
+        pass
+    return tuple(sorted(os.path.realpath(d) + os.sep for d in dirs if d))
+
+
+_SKIPPED_DIRS: tuple[str, ...] | None = None
+
+
+def _in_library(origin: str) -> bool:
+    global _SKIPPED_DIRS
+    if _SKIPPED_DIRS is None:
+        _SKIPPED_DIRS = _skipped_dirs()
+    real = os.path.realpath(origin)
+    parts = real.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return True
+    return real.startswith(_SKIPPED_DIRS)
+
+
+@dataclass
+class Rules:
+    """Which modules the hook rewrites.  ``only``, when set, limits it to those patterns."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    only: Optional[tuple[str, ...]] = None
+
+    @classmethod
+    def from_environment(cls, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                         only: Optional[Sequence[str]] = None) -> Rules:
+        """The rules given, plus ``AUTOFORK_INCLUDE`` and ``AUTOFORK_EXCLUDE``."""
+        return cls(
+            include=parse_patterns([os.environ.get("AUTOFORK_INCLUDE", ""), *include]),
+            exclude=parse_patterns([os.environ.get("AUTOFORK_EXCLUDE", ""), *exclude]),
+            only=None if only is None else parse_patterns(only),
+        )
+
+    def skips_name(self, name: str) -> bool:
+        """The early bail-out by name alone, before any file is looked at."""
+        top = name.partition(".")[0]
+        if top == "autofork":
+            return True
+        if self.only is not None and not any(_is_path(p) or _matches(p, name, "")
+                                             for p in self.only):
+            return True
+        if top in sys.stdlib_module_names:
+            return not any(_matches(p, name, "") for p in self.include if not _is_path(p))
+        return False
+
+    def wants(self, name: str, origin: str) -> bool:
+        """Whether the module ``name`` loaded from ``origin`` is to be rewritten."""
+        if name.partition(".")[0] == "autofork":
+            return False
+        origin = os.path.abspath(origin)
+        if any(_matches(p, name, origin) for p in self.exclude):
+            return False
+        if self.only is not None:
+            return any(_matches(p, name, origin) for p in self.only)
+        if any(_matches(p, name, origin) for p in self.include):
+            return True
+        return not _in_library(origin)
+
+
+# -------------------------------------------------------------- finding source files
+
+
+def _transformer() -> Any:
+    from autofork import transformer  # libcst is imported only when a module is rewritten
+
+    return transformer
+
+
+def _source_of(spec: importlib.machinery.ModuleSpec) -> tuple[Optional[str], Optional[bytes]]:
+    """(source path, source bytes) of a found module, or (None, None) when it has none."""
+    loader = spec.loader
+    origin = spec.origin
+    if isinstance(loader, importlib.machinery.SourceFileLoader) and origin:
+        try:
+            return origin, loader.get_data(origin)
+        except OSError:
+            return None, None
+    get_source = getattr(loader, "get_source", None)
+    if get_source is None:
+        return None, None
+    try:
+        text = get_source(spec.name)
+    except Exception:  # noqa: BLE001 - any loader trouble means "no source"
+        return None, None
+    return (origin, text.encode("utf-8")) if isinstance(text, str) else (None, None)
+
+
+def _find_spec(name: str, search_path: Sequence[str] = ()) -> Optional[importlib.machinery.ModuleSpec]:
+    """Find ``name`` without importing it (nor, unlike ``importlib.util.find_spec``, its parents).
+
+    A parent already imported gives its ``__path__``; one not imported is found the same
+    way, recursively.  Top-level names are looked up in ``search_path`` first, then by
+    every meta-path finder but ours, which is what an import would do.
+    """
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None) if module is not None else None
+    if isinstance(spec, importlib.machinery.ModuleSpec):
+        return spec
+    parent, _, _ = name.rpartition(".")
+    path: Optional[list[str]] = None
+    if parent:
+        parent_spec = _find_spec(parent, search_path)
+        if parent_spec is None or parent_spec.submodule_search_locations is None:
+            return None
+        path = list(parent_spec.submodule_search_locations)
+    elif search_path:
+        spec = importlib.machinery.PathFinder.find_spec(name, list(search_path))
+        if spec is not None:
+            return spec
+    for finder in list(sys.meta_path):
+        if isinstance(finder, ImportHook):
+            continue
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            spec = find(name, path)
+        except Exception:  # noqa: BLE001 - a third-party finder's trouble: not found
+            continue
+        if spec is not None:
+            return spec
+    return None
+
+
+class _Marks:
+    """The marks each source defines, remembered by source hash (the ast pass is not free)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_hash: dict[bytes, dict[str, str]] = {}
+
+    def of(self, digest: bytes, data: bytes) -> dict[str, str]:
+        with self._lock:
+            known = self._by_hash.get(digest)
+        if known is None:
+            try:
+                known = dict(_transformer().marked_functions(importlib.util.decode_source(data)))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                known = {}
+            with self._lock:
+                self._by_hash[digest] = known
+        return known
+
+
+_marks = _Marks()
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A module's source, found without importing it."""
+
+    digest: Optional[bytes]  # None: the standard library, taken to mark nothing unread
+    data: bytes = b""
+
+    def marks(self) -> dict[str, str]:
+        return {} if self.digest is None else _marks.of(self.digest, self.data)
+
+
+_STDLIB = _Found(None)
+
+
+def _lookup(name: str, search_path: Sequence[str] = ()) -> Optional[_Found]:
+    """The source of the module ``name``, or None when it has none."""
+    if name.partition(".")[0] in sys.stdlib_module_names:
+        return _STDLIB
+    try:
+        spec = _find_spec(name, search_path)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None:
+        return None
+    _, data = _source_of(spec)
+    if data is None:
+        return None
+    return _Found(importlib.util.source_hash(data), data)
+
+
+def _frozen(marks: Optional[Marks]) -> Optional[tuple[tuple[str, str], ...]]:
+    return None if marks is None else tuple(sorted(marks.items()))
+
+
+def make_resolver(search_path: Sequence[str] = (),
+                  record: Optional[dict[str, Dependency]] = None) -> Resolver:
+    """The transformer's resolver: module name -> its marks, None when it has no source.
+
+    Finds sources without importing anything.  Each answer is added to ``record``.
+    """
+
+    def resolve(name: str) -> Optional[Marks]:
+        _guard.busy = getattr(_guard, "busy", 0) + 1
+        try:
+            found = _lookup(name, search_path)
+            marks = None if found is None else found.marks()
+        finally:
+            _guard.busy -= 1
+        if record is not None:
+            record[name] = (name, None if found is None else found.digest, _frozen(marks))
+        return marks
+
+    return resolve
+
+
+# ------------------------------------------------------------------------- the cache
+
+
+def _version() -> str:
+    version = getattr(sys.modules.get("autofork"), "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("autofork")
+    except Exception:  # noqa: BLE001 - not installed: a source checkout
+        return "0+unknown"
+
+
+_FINGERPRINT: Optional[str] = None
+
+
+def _fingerprint() -> str:
+    """Everything besides the source and the dependencies that shapes the generated code."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        digest = hashlib.sha256(_version().encode())
+        # The rewriter's source, found without importing it (libcst is slow to import).
+        rewriter = importlib.util.find_spec("autofork.transformer")
+        for path in (getattr(rewriter, "origin", None), __file__):
+            try:
+                with open(path, "rb") as file:  # type: ignore[arg-type]
+                    digest.update(file.read())
+            except (OSError, TypeError):
+                pass
+        _FINGERPRINT = digest.hexdigest()[:16]
+    return _FINGERPRINT
+
+
+def cache_path(source_path: str) -> Optional[str]:
+    """Where the rewritten code of ``source_path`` is cached; None when Python has no cache tag."""
+    try:
+        normal = importlib.util.cache_from_source(source_path)
+    except (NotImplementedError, ValueError):
+        return None
+    stem = normal[: -len(".pyc")]
+    return f"{stem}.autofork-{_version()}.pyc"
+
+
+def _read_cache(pyc: str, data: bytes, search_path: Sequence[str] = ()
+                ) -> Optional[tuple[types.CodeType, tuple[Dependency, ...]]]:
+    """The cached code and its dependencies when the cache is valid for ``data``; else None."""
+    try:
+        with open(pyc, "rb") as file:
+            blob = file.read()
+    except OSError:
+        return None
+    header = importlib.util.MAGIC_NUMBER + _FLAGS_CHECKED_HASH + importlib.util.source_hash(data)
+    if blob[:_HEADER_SIZE] != header:
+        return None
+    try:
+        size = int.from_bytes(blob[_HEADER_SIZE:_HEADER_SIZE + 4], "little")
+        start = _HEADER_SIZE + 4
+        fingerprint, dependencies = marshal.loads(blob[start:start + size])
+        if fingerprint != _fingerprint() or not _still_valid(dependencies, search_path):
+            return None
+        code = marshal.loads(blob[start + size:])
+    except (ValueError, EOFError, TypeError):
+        return None  # a damaged file is a miss; the next write replaces it
+    return (code, dependencies) if isinstance(code, types.CodeType) else None
+
+
+def _still_valid(dependencies: Sequence[Dependency], search_path: Sequence[str]) -> bool:
+    for name, old_digest, old_marks in dependencies:
+        found = _lookup(name, search_path)
+        if found is None:
+            if old_marks is not None:
+                return False
+        elif found.digest is None or found.digest != old_digest:
+            if _frozen(found.marks()) != old_marks:
+                return False
+        # else: the same source, so the same marks, without parsing it again
+    return True
+
+
+def _write_cache(pyc: str, data: bytes, dependencies: Iterable[Dependency],
+                 code: types.CodeType) -> None:
+    if sys.dont_write_bytecode:
+        return
+    meta = marshal.dumps((_fingerprint(), tuple(sorted(dependencies))))
+    blob = b"".join((
+        importlib.util.MAGIC_NUMBER, _FLAGS_CHECKED_HASH, importlib.util.source_hash(data),
+        len(meta).to_bytes(4, "little"), meta, marshal.dumps(code),
+    ))
+    temporary = f"{pyc}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(pyc), exist_ok=True)
+        with open(temporary, "wb") as file:
+            file.write(blob)
+        os.replace(temporary, pyc)
+    except OSError as why:  # read-only tree, full disk, a race on Windows: only speed is lost
+        log.debug("could not write %s: %s", pyc, why)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+    else:
+        log.debug("wrote %s", pyc)
+
+
+# ------------------------------------------------------------------------ the loader
+
+
+def _warn(path: str, why: BaseException) -> None:
+    from autofork.runtime.errors import AutoforkWarning
+
+    warnings.warn_explicit(
+        f"autofork could not rewrite {path} ({type(why).__name__}: {why}); "
+        f"it runs untransformed, so its calls of marked functions stay sequential",
+        AutoforkWarning, filename=path, lineno=1, module="autofork.importhook",
+    )
+
+
+def rewrite_code(data: bytes, path: str, name: str, package: Optional[str],
+                 resolver: Resolver) -> Optional[types.CodeType]:
+    """The rewritten code of a module's source, or None when it needs no rewrite.
+
+    A syntax error of the user's raises the ``SyntaxError`` plain Python would; an
+    internal rewriter failure warns, naming the file, and gives the untransformed code.
+    """
+    transformer = _transformer()
+    try:
+        source = importlib.util.decode_source(data)
+        if not transformer.needs_rewrite(source, name, resolver, package):
+            return None
+        rewritten = transformer.rewrite(source, name, resolver, package)
+        return transformer.compile_rewritten(source, rewritten, path)
+    except Exception as why:  # noqa: BLE001 - never hide the user's code behind our bug
+        # The user's own SyntaxError (and encoding error) comes from compiling the
+        # original, exactly as plain Python reports it; only a source that compiles
+        # means the failure was ours.
+        code = compile(data, path, "exec", dont_inherit=True)
+        _warn(path, why)
+        return code
+
+
+class AutoforkLoader(importlib.machinery.SourceFileLoader):
+    """A source loader whose code is the rewritten code, from the cache when valid."""
+
+    def __init__(self, fullname: str, path: str, code: Optional[types.CodeType] = None,
+                 data: Optional[bytes] = None) -> None:
+        super().__init__(fullname, path)
+        self._code = code
+        self._data = data
+        self.dependencies: dict[str, Dependency] = {}
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        code, self._code = self._code, None
+        if code is not None:
+            return code
+        data, self._data = self._data, None
+        if data is None:
+            data = self.get_data(self.path)
+        _guard.busy = getattr(_guard, "busy", 0) + 1
+        try:
+            package = fullname if self.is_package(fullname) else fullname.rpartition(".")[0]
+            self.dependencies.clear()
+            code = rewrite_code(data, self.path, fullname, package,
+                                make_resolver(record=self.dependencies))
+        finally:
+            _guard.busy -= 1
+        if code is None:  # the source changed since find_spec and needs no rewrite now
+            return super().source_to_code(data, self.path)
+        pyc = cache_path(self.path)
+        if pyc is not None:
+            _write_cache(pyc, data, self.dependencies.values(), code)
+        log.debug("rewrote %s (%s)", fullname, self.path)
+        return code
+
+
+# ------------------------------------------------------------------------ the finder
+
+
+@dataclass(eq=False)
+class ImportHook(importlib.abc.MetaPathFinder):
+    """The meta-path finder.  A context manager: ``with ImportHook().install(): ...``."""
+
+    rules: Rules = field(default_factory=Rules.from_environment)
+    #: module name -> the modules its rewrite resolved against (name, source hash, marks).
+    resolved: dict[str, dict[str, Dependency]] = field(default_factory=dict)
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[types.ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+        if getattr(_guard, "busy", 0) or disabled() or self.rules.skips_name(fullname):
+            return None
+        _guard.busy = getattr(_guard, "busy", 0) + 1
+        try:
+            return self._find_spec(fullname, path)
+        except Exception as why:  # noqa: BLE001 - a bug of ours must not break an import
+            log.warning("import hook failed on %s; importing it plainly", fullname, exc_info=why)
+            return None
+        finally:
+            _guard.busy -= 1
+
+    def _find_spec(self, fullname: str,
+                   path: Optional[Sequence[str]]) -> Optional[importlib.machinery.ModuleSpec]:
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if (spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)
+                or not spec.origin or not self.rules.wants(fullname, spec.origin)):
+            return None
+        origin = spec.origin
+        data = spec.loader.get_data(origin)
+        pyc = cache_path(origin)
+        cached = _read_cache(pyc, data) if pyc is not None else None
+        if cached is not None:
+            log.debug("cache hit %s (%s)", fullname, pyc)
+            code, dependencies = cached
+            self.resolved[fullname] = {dependency[0]: dependency for dependency in dependencies}
+            return self._spec(spec, AutoforkLoader(fullname, origin, code=code), pyc)
+        source = importlib.util.decode_source(data)
+        package = fullname if spec.submodule_search_locations is not None else spec.parent
+        try:
+            needed = _transformer().needs_rewrite(source, fullname, make_resolver(), package)
+        except Exception:  # noqa: BLE001 - a SyntaxError is best reported by the normal loader
+            return None
+        if not needed:
+            log.debug("not rewritten %s", fullname)
+            return None
+        loader = AutoforkLoader(fullname, origin, data=data)
+        self.resolved[fullname] = loader.dependencies
+        return self._spec(spec, loader, pyc)
+
+    @staticmethod
+    def _spec(spec: importlib.machinery.ModuleSpec, loader: AutoforkLoader,
+              pyc: Optional[str]) -> importlib.machinery.ModuleSpec:
+        spec.loader = loader
+        spec.cached = pyc
+        return spec
+
+    def include(self, *patterns: str) -> None:
+        """Rewrite these modules too (``import autofork.enable`` in a package uses it)."""
+        added = parse_patterns(patterns)
+        self.rules.include += added
+        if self.rules.only is not None:
+            self.rules.only += added
+
+    # -- installation
+
+    def install(self) -> ImportHook:
+        """Put the hook first on ``sys.meta_path`` (once); returns it."""
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+        return self
+
+    def uninstall(self) -> None:
+        """Take the hook off ``sys.meta_path``; modules it loaded stay loaded."""
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+
+    def __enter__(self) -> ImportHook:
+        return self.install()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
+
+
+def installed_hooks() -> list[ImportHook]:
+    """The autofork hooks on ``sys.meta_path``, first first."""
+    return [finder for finder in sys.meta_path if isinstance(finder, ImportHook)]
+
+
+def install(include: Sequence[str] = (), exclude: Sequence[str] = (),
+            only: Optional[Sequence[str]] = None) -> ImportHook:
+    """Install an import hook with these rules (plus ``AUTOFORK_INCLUDE``/``_EXCLUDE``)."""
+    return ImportHook(Rules.from_environment(include, exclude, only)).install()
