@@ -1,0 +1,66 @@
+"""Coroutines: ``fork(async_fn, ...)`` runs on one shared event loop in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Optional
+
+from .errors import Failure
+from .task import QUEUED, Task
+
+__all__ = ["EventLoopThread"]
+
+
+class EventLoopThread:
+    """One asyncio loop, run forever by a daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._lock = threading.Lock()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            with self._lock:
+                if self._loop is None:
+                    loop = asyncio.new_event_loop()
+                    threading.Thread(target=loop.run_forever, name="autofork-asyncio",
+                                     daemon=True).start()
+                    self._loop = loop
+                loop = self._loop
+        return loop
+
+    def submit(self, task: Task) -> None:
+        task.executor = self
+        self._running_loop().call_soon_threadsafe(self._begin, task)
+
+    def steal(self, task: Task) -> bool:
+        return False  # a coroutine runs on the loop, never inline
+
+    def _begin(self, task: Task) -> None:
+        if not task.claim():
+            return
+        try:
+            coroutine = task.fn(*task.args, **task.kwargs)
+        except BaseException as exc:  # noqa: BLE001
+            task.set_failure(Failure.local(exc, skip=1))
+            return
+        future = asyncio.ensure_future(coroutine)
+        future.add_done_callback(lambda done: _settle(task, done))
+
+    def close(self, kill: bool = False) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+
+def _settle(task: Task, future: "asyncio.Future") -> None:
+    if future.cancelled():
+        task.set_failure(Failure.local(asyncio.CancelledError(), skip=0))
+        return
+    exc = future.exception()
+    if exc is None:
+        task.set_result(future.result())
+    else:
+        task.set_failure(Failure.local(exc, skip=0))

@@ -1,0 +1,158 @@
+"""The engine: the backend, thread pool and event loop in use, started lazily, and their end.
+
+At interpreter exit (``threading._register_atexit``, which runs before Python stops its
+threads) every task still running is waited for, failures nobody looked at are printed
+with their tracebacks, and the pools are closed; a late ``atexit`` handler then makes the
+exit status non-zero if any failure was printed.  An uncaught ``KeyboardInterrupt``
+kills every worker at once, before its traceback is even printed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import traceback
+from typing import Any, Optional
+
+from . import config
+from .aio import EventLoopThread
+from .backend import Backend, create
+from .task import Task, live_tasks, unobserved_failures
+from .threads import ThreadPool
+
+__all__ = ["backend", "threads", "event_loop", "finish", "shutdown"]
+
+log = logging.getLogger("autofork")
+
+_lock = threading.RLock()
+_backend: Optional[Backend] = None
+_threads: Optional[ThreadPool] = None
+_loop: Optional[EventLoopThread] = None
+_hooks_installed = False
+_failed_at_exit = False
+
+
+def backend() -> Backend:
+    """The backend for CPU-bound forks, started on first use."""
+    global _backend
+    current = _backend
+    if current is None:
+        with _lock:
+            if _backend is None:
+                _install_hooks()
+                _backend = create(config.settings())
+            current = _backend
+    return current
+
+
+def threads() -> ThreadPool:
+    """The thread pool for I/O-bound forks."""
+    global _threads
+    current = _threads
+    if current is None:
+        with _lock:
+            if _threads is None:
+                _install_hooks()
+                _threads = ThreadPool(config.settings().threads)
+            current = _threads
+    return current
+
+
+def event_loop() -> EventLoopThread:
+    """The background event loop for coroutines."""
+    global _loop
+    current = _loop
+    if current is None:
+        with _lock:
+            if _loop is None:
+                _install_hooks()
+                _loop = EventLoopThread()
+            current = _loop
+    return current
+
+
+def shutdown(kill: bool = False) -> None:
+    """Close the pools (after their work, or at once with ``kill``); they restart on demand."""
+    global _backend, _threads, _loop
+    with _lock:
+        parts: list[Any] = [_backend, _threads, _loop]
+        _backend = _threads = _loop = None
+    for part in parts:
+        if part is not None:
+            try:
+                part.shutdown(kill=kill) if isinstance(part, Backend) else part.close(kill=kill)
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.exception("autofork: error while closing %r", part)
+
+
+def finish() -> bool:
+    """Wait for every running fork and print the failures nobody saw.  True if any."""
+    for task in live_tasks():
+        task.wait()
+    failures = unobserved_failures()
+    for task in failures:
+        task.mark_observed()
+        exc = task.failure.exception()  # type: ignore[union-attr]
+        print(f"autofork: {task.name}() failed and its result was never used:", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return bool(failures)
+
+
+def _on_settings_changed(old: config.Settings, new: config.Settings) -> None:
+    if (old.workers, old.threads, old.backend, old.address, old.start_method) != (
+            new.workers, new.threads, new.backend, new.address, new.start_method):
+        shutdown()
+
+
+config.on_change(_on_settings_changed)
+
+
+# -- the end of the program -------------------------------------------------------------
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    previous = sys.excepthook
+
+    def excepthook(kind: type, value: BaseException, tb: Any) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            shutdown(kill=True)
+        previous(kind, value, tb)
+
+    sys.excepthook = excepthook
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(_at_exit)
+        else:  # pragma: no cover - Python without the hook
+            atexit.register(_at_exit)
+    except RuntimeError:  # already shutting down
+        pass
+
+
+def _at_exit() -> None:
+    global _failed_at_exit
+    try:
+        _failed_at_exit = finish()
+    except KeyboardInterrupt:
+        shutdown(kill=True)
+        raise
+    shutdown()
+
+
+@atexit.register
+def _exit_status() -> None:
+    # Registered when autofork is imported, so it runs after the handlers registered
+    # later; a failure printed at exit must make the exit status non-zero.
+    if _failed_at_exit:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(1)

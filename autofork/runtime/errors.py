@@ -1,0 +1,222 @@
+"""Exceptions of autofork, and how a failure travels from a worker back to the caller.
+
+The exception tree::
+
+    AutoforkWarning(UserWarning)          every warning autofork emits; filter it as a class
+    WorkerCrashed(RuntimeError)           the worker process running a call died
+    RemoteError(Exception)                stand-in for an exception that could not be pickled
+                                          (a subclass per original type also derives from the
+                                          nearest builtin base, so ``except ValueError`` still works)
+
+How a traceback is rebuilt: a call that fails in a worker sends back its exception
+(pickled, or described when it cannot be pickled) and the (file, line, function) of each
+frame below the worker's own.  The caller rebuilds a *real* traceback from them: for each
+frame it runs a one-line ``raise`` compiled with that file name, line number and function
+name, and links the resulting traceback entries.  The fork call site is put first, so a
+printed traceback reads: the caller's frames down to where the value was used, the fork
+call site, then the frames inside the function down to the raising line.  Source lines
+come from the caller's ``linecache``, so they show for functions defined in ``__main__``
+or in a rewritten module too (cloudpickle ships those by value but keeps their file name).
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import os
+import pickle
+import traceback
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from .serialize import cloud_dumps
+
+__all__ = ["AutoforkWarning", "WorkerCrashed", "RemoteError", "Frame", "Failure"]
+
+
+class AutoforkWarning(UserWarning):
+    """A warning from autofork (a fallback it took, a mark it ignored)."""
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process that ran a forked call died before returning its result."""
+
+    def __init__(self, function: str, cause: str, detail: str = "") -> None:
+        self.function = function
+        self.cause = cause
+        self.detail = detail
+        message = f"the worker process running {function}() died ({cause})"
+        if detail:
+            message += f"; {detail}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.function, self.cause, self.detail))
+
+
+class RemoteError(Exception):
+    """Stands in for an exception raised by a forked call that could not be sent back."""
+
+    def __init__(self, type_name: str, message: str, reason: str = "") -> None:
+        self.type_name = type_name
+        self.message = message
+        self.reason = reason
+        text = f"{type_name}: {message}" if message else type_name
+        if reason:
+            text += f" (sent as a stand-in: {reason})"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_remote_error, (self.type_name, self.message, self.reason, self._builtin_base()))
+
+    def _builtin_base(self) -> str:
+        for klass in type(self).__mro__:
+            if klass.__module__ == "builtins" and klass is not object:
+                return klass.__name__
+        return "Exception"
+
+
+@functools.lru_cache(maxsize=None)
+def _remote_error_class(builtin_base: str) -> type[RemoteError]:
+    base = getattr(builtins, builtin_base, Exception)
+    if not (isinstance(base, type) and issubclass(base, BaseException)) or base is Exception:
+        return RemoteError
+    return type(f"Remote{base.__name__}", (RemoteError, base), {"__module__": __name__})
+
+
+def _remote_error(type_name: str, message: str, reason: str, builtin_base: str) -> RemoteError:
+    return _remote_error_class(builtin_base)(type_name, message, reason)
+
+
+class Frame(NamedTuple):
+    """Where a frame of a traceback stood: enough to rebuild it in another process."""
+
+    filename: str
+    lineno: int
+    name: str
+
+
+class Failure:
+    """A failed call, ready to be raised again (in this process or after a trip).
+
+    It holds the exception pickled, so every raise gets a fresh exception object whose
+    traceback is rebuilt from scratch (no traceback piles up over repeated evaluations,
+    and no frame of the worker keeps memory alive).
+    """
+
+    __slots__ = ("payload", "frames", "site", "_local", "_local_tb")
+
+    def __init__(self, payload: bytes, frames: list[Frame], site: Frame | None = None) -> None:
+        self.payload = payload
+        self.frames = frames
+        self.site = site
+        self._local: BaseException | None = None
+        self._local_tb: TracebackType | None = None
+
+    @classmethod
+    def capture(cls, exc: BaseException, skip: int = 1) -> Failure:
+        """Describe ``exc``, dropping the first ``skip`` frames (the runner's own)."""
+        frames = [Frame(f.filename, f.lineno or 0, f.name)
+                  for f in traceback.extract_tb(exc.__traceback__)[skip:]]
+        return cls(_dump_exception(exc), frames)
+
+    @classmethod
+    def local(cls, exc: BaseException, skip: int = 1) -> Failure:
+        """Like capture, for an exception that never leaves this process: kept as is."""
+        tb = exc.__traceback__
+        for _ in range(skip):
+            tb = tb.tb_next if tb is not None else None
+        failure = cls(b"", [], None)
+        failure._local = exc
+        failure._local_tb = tb
+        return failure
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._local is not None:
+            shipped = Failure.capture(self._local.with_traceback(self._local_tb), skip=0)
+            return (Failure, (shipped.payload, shipped.frames, self.site))
+        return (Failure, (self.payload, self.frames, self.site))
+
+    def exception(self) -> BaseException:
+        """A fresh exception of the original type, with the sequential-looking traceback."""
+        if self._local is not None:
+            exc = self._local
+            remote_tb = self._local_tb
+        else:
+            exc = _load_exception(self.payload)
+            remote_tb = None
+            for frame in reversed(self.frames):
+                remote_tb = _synthetic_tb(frame, remote_tb)
+        if self.site is not None:
+            remote_tb = _synthetic_tb(self.site, remote_tb)
+        return exc.with_traceback(remote_tb)
+
+
+def _dump_exception(exc: BaseException) -> bytes:
+    """Pickle ``exc``; when it cannot travel, pickle a RemoteError that names it instead."""
+    try:
+        data = cloud_dumps(exc)
+        pickle.loads(data)  # an exception that pickles but cannot be rebuilt is no better
+        return data
+    except Exception as why:  # noqa: BLE001 - any pickling failure means "send a stand-in"
+        base = next((k.__name__ for k in type(exc).__mro__
+                     if k.__module__ == "builtins" and k is not object), "Exception")
+        standin = _remote_error(f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                str(exc), f"{type(why).__name__}: {why}", base)
+        return cloud_dumps(standin)
+
+
+def _load_exception(payload: bytes) -> BaseException:
+    try:
+        return pickle.loads(payload)
+    except Exception as why:  # noqa: BLE001 - the class may not import here
+        return RemoteError("<unknown>", "an exception that could not be unpickled here",
+                           f"{type(why).__name__}: {why}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _raiser(frame: Frame) -> Any:
+    code = compile("\n" * (max(frame.lineno, 1) - 1) + "raise _autofork_marker", frame.filename, "exec")
+    replace: dict[str, Any] = {"co_name": frame.name}
+    if hasattr(code, "co_qualname"):
+        replace["co_qualname"] = frame.name
+    return code.replace(**replace)
+
+
+class _Marker(Exception):
+    pass
+
+
+def _synthetic_tb(frame: Frame, tb_next: TracebackType | None) -> TracebackType | None:
+    """A real traceback entry at ``frame``, followed by ``tb_next``."""
+    try:
+        exec(_raiser(frame), {"_autofork_marker": _Marker})
+    except _Marker as marker:
+        entry = marker.__traceback__.tb_next  # type: ignore[union-attr]
+        assert entry is not None
+        entry.tb_next = tb_next
+        return entry
+    return tb_next  # unreachable: the code always raises
+
+
+_INTERNAL = os.path.dirname(os.path.abspath(__file__))
+
+
+def call_site() -> Frame | None:
+    """The first frame outside autofork's runtime: where the user forked."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    return Frame(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; on Python 3.10, kept in ``__notes__`` (not printed there)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]

@@ -1,0 +1,392 @@
+"""The process pool: CPU-bound forks run in worker processes.
+
+Data flow::
+
+    fork() in any thread                 dispatcher thread                worker process
+    --------------------                 -----------------                --------------
+    pickle (fn, args) -> call bytes
+    queue.append((task, call)) --wake-->  take calls from the queue
+                                          batch per worker  ------------>  run each call
+                                          set results       <------------  [outcomes]
+                                          worker died? fail what it ran,
+                                          requeue what it never began,
+                                          start a replacement
+
+The arguments are pickled in the thread that forks, so an argument that cannot be sent
+fails the ``fork`` call itself, naming the argument; and no pending proxy is ever pickled
+by the dispatcher (dataflow holds such calls back until their inputs are ready).
+
+Batching: the pool learns each function's mean run time from the outcomes, and sends a
+worker enough calls for about ``_BATCH_SECONDS`` of work at once (one call at a time
+until it knows better), keeping at most two batches in flight per worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import mmap
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+import weakref
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Optional
+
+from .errors import Failure, WorkerCrashed
+from .serialize import cloud_dumps, dumps
+from .task import QUEUED, Task
+from .worker import SLOT
+
+__all__ = ["ProcessPool"]
+
+log = logging.getLogger("autofork")
+
+_BATCH_SECONDS = 0.004
+_MAX_BATCH = 512
+_ids = itertools.count()
+
+
+class _Worker:
+    """One worker process and the calls it holds."""
+
+    def __init__(self, path: list[str]) -> None:
+        parent_end, child_end = _socketpair()
+        shm_fd, self.shm = _shared_slot()
+        code = ("import sys; from autofork.runtime.worker import main; "
+                f"main({child_end}, {shm_fd}, {os.getpid()}, sys.argv[1:])")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, *path],
+            pass_fds=(child_end, shm_fd), close_fds=True,
+            stdin=subprocess.DEVNULL, preexec_fn=_ignore_sigint,
+        )
+        os.close(child_end)
+        os.close(shm_fd)
+        self.conn = Connection(parent_end)
+        self.held: dict[int, tuple[Task, int, bytes]] = {}  # sent, unanswered, in send order
+        self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
+        self.known: set[int] = set()  # keys of the functions this worker has
+
+    def take_outcome(self) -> None:
+        self.batches[0] -= 1
+        if self.batches[0] == 0:
+            self.batches.popleft()
+
+    def sort_held(self) -> tuple[list, list, list]:
+        """Split the held calls at a crash: (finished, running, never begun)."""
+        started, finished = SLOT.unpack_from(self.shm, 0)
+        done, running, later = [], [], []
+        ids = list(self.held)
+        cut = ids.index(finished) + 1 if finished in self.held else 0
+        for task_id in ids[:cut]:
+            done.append(self.held[task_id])
+        for task_id in ids[cut:]:
+            (running if task_id == started and started != finished else later).append(
+                self.held[task_id])
+        return done, running, later
+
+    def close(self) -> None:
+        self.conn.close()
+        self.shm.close()
+
+
+def _socketpair() -> tuple[int, int]:
+    import socket
+
+    a, b = socket.socketpair()
+    return a.detach(), b.detach()
+
+
+def _shared_slot() -> tuple[int, mmap.mmap]:
+    """A file descriptor for the worker and this side's map of the same memory."""
+    with tempfile.TemporaryFile() as handle:
+        handle.write(SLOT.pack(-1, -1))
+        handle.flush()
+        return os.dup(handle.fileno()), mmap.mmap(handle.fileno(), SLOT.size)
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the whole process group; the parent decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _FunctionCache:
+    """Each function is pickled once; workers keep it under a small integer key."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[int, bytes, Any]] = {}
+        self._keys = itertools.count()
+        self._lock = threading.Lock()
+
+    def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        entry = self._by_id.get(id(fn))
+        if entry is not None and entry[2]() is fn:
+            return entry[0], entry[1]
+        data = cloud_dumps(fn)
+        fn_id = id(fn)
+        with self._lock:
+            key = next(self._keys)
+            try:
+                ref: Any = weakref.ref(fn, lambda _: self._by_id.pop(fn_id, None))
+            except TypeError:  # builtins take no weak references: keep them alive
+                ref = (lambda kept: (lambda: kept))(fn)
+            self._by_id[fn_id] = (key, data, ref)
+        return key, data
+
+
+def _split_method(task: Task) -> tuple[Callable[..., Any], tuple]:
+    """A bound method travels as its function plus ``self`` (pickled with each call)."""
+    fn = task.fn
+    if isinstance(fn, types.MethodType):
+        return fn.__func__, (fn.__self__, *task.args)
+    return fn, task.args
+
+
+class ProcessPool:
+    """Worker processes, a queue of pickled calls, and the thread that connects them."""
+
+    def __init__(self, workers: int) -> None:
+        self.size = workers
+        self._queue: deque[tuple[Task, int, bytes]] = deque()
+        self._workers: dict[Connection, _Worker] = {}
+        self._functions = _FunctionCache()
+        self._data: dict[int, bytes] = {}
+        self._means: dict[int, float] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        self._sleeping = False
+        self._closing = False
+        self._killing = False
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self.busy = 0  # calls sent and not yet answered
+
+    # -- the caller's side ---------------------------------------------------------
+
+    def submit(self, task: Task) -> None:
+        """Queue ``task``; raises TypeError naming what cannot be pickled."""
+        fn, args = _split_method(task)
+        try:
+            key, data = self._functions.get(fn)
+        except Exception as error:  # noqa: BLE001
+            raise TypeError(f"fork({task.name}, ...): the function cannot be sent to a worker "
+                            f"process: {type(error).__name__}: {error}. Mark it @io_bound to "
+                            "run it in a thread of this process.") from error
+        self._data[key] = data
+        call = _pickle_call(task, args)
+        task.executor = self
+        self._queue.append((task, key, call))
+        if self._thread is None:
+            self._start()
+        if self._sleeping:
+            self._sleeping = False
+            os.write(self._wake_w, b"\0")
+
+    def steal(self, task: Task) -> bool:
+        """Never: a CPU-bound call runs in a worker (its own pid, memory and crash)."""
+        return False
+
+    def idle(self) -> int:
+        """How many workers have nothing to do right now."""
+        return max(0, self.size - self.busy - len(self._queue))
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: at once with ``kill``, else after the calls they hold."""
+        self._closing = True
+        self._killing = kill
+        thread = self._thread
+        if thread is not None:
+            if kill:
+                for worker in list(self._workers.values()):
+                    if worker.process.poll() is None:
+                        worker.process.kill()
+            os.write(self._wake_w, b"\0")
+            thread.join(timeout=2.0 if kill else None)
+
+    # -- the dispatcher thread ------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            path = list(sys.path)
+            for _ in range(self.size):
+                worker = _Worker(path)
+                self._workers[worker.conn] = worker
+            log.info("started %d worker processes", self.size)
+            self._thread = threading.Thread(target=self._dispatch, name="autofork-dispatcher",
+                                            daemon=True)
+            self._thread.start()
+
+    def _dispatch(self) -> None:
+        try:
+            while True:
+                if not self._killing:
+                    self._send_work()
+                if self._closing and (self._killing or not self._queue and self.busy == 0):
+                    break
+                self._sleeping = True
+                if self._queue and self._has_room():
+                    self._sleeping = False
+                    continue
+                ready = wait([self._wake_r, *self._workers])
+                self._sleeping = False
+                for source in ready:
+                    if source == self._wake_r:
+                        os.read(self._wake_r, 4096)
+                    else:
+                        self._receive(self._workers[source])  # type: ignore[index]
+        finally:
+            self._stop_workers()
+
+    def _room(self, worker: _Worker) -> bool:
+        return len(worker.batches) < (2 if self._short() else 1)
+
+    def _has_room(self) -> bool:
+        return any(self._room(worker) for worker in self._workers.values())
+
+    def _short(self) -> bool:
+        """Whether the next queued call is known to be short enough to batch."""
+        mean = self._means.get(self._queue[0][1]) if self._queue else None
+        return mean is not None and mean < _BATCH_SECONDS
+
+    def _send_work(self) -> None:
+        for worker in sorted(self._workers.values(), key=lambda w: len(w.batches)):
+            while self._queue and self._room(worker) and self._send_batch(worker):
+                pass
+
+    def _send_batch(self, worker: _Worker) -> bool:
+        batch = []
+        size = self._batch_size()
+        while self._queue and len(batch) < size:
+            task, key, call = self._queue.popleft()
+            if not task.claim():
+                continue  # a waiting thread took it
+            batch.append((id(task), key, None if key in worker.known else self._data[key], call))
+            worker.known.add(key)
+            worker.held[id(task)] = (task, key, call)
+        if not batch:
+            return False
+        worker.batches.append(len(batch))
+        self.busy += len(batch)
+        try:
+            worker.conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass  # the worker is dead: _receive sees EOF and settles what it held
+        return True
+
+    def _batch_size(self) -> int:
+        mean = self._means.get(self._queue[0][1])
+        if mean is None or mean >= _BATCH_SECONDS:
+            return 1
+        fair = -(-len(self._queue) // max(1, len(self._workers)))
+        return max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / max(mean, 1e-6)), fair))
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._crashed(worker)
+            return
+        for task_id, ok, outcome, seconds in pickle.loads(message):
+            task, key, _ = worker.held.pop(task_id)
+            worker.take_outcome()
+            self.busy -= 1
+            mean = self._means.get(key)
+            self._means[key] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+            if ok:
+                task.set_result(pickle.loads(outcome))
+            else:
+                task.set_failure(pickle.loads(outcome))
+
+    def _crashed(self, worker: _Worker) -> None:
+        cause = _describe_exit(worker.process.wait())
+        done, running, later = worker.sort_held()
+        self.busy -= len(worker.held)
+        del self._workers[worker.conn]
+        worker.close()
+        if not self._killing:
+            log.warning("a worker process died (%s); starting another", cause)
+        for task, _, _ in running:
+            task.set_failure(_crash_failure(task, cause, ""))
+        for task, _, _ in done:
+            task.set_failure(_crash_failure(task, cause, "the call had finished, but its "
+                                            "result was lost with the worker"))
+        if self._killing:
+            for task, _, _ in later:
+                task.set_failure(_crash_failure(task, cause, "autofork was shutting down"))
+            return
+        for entry in reversed(later):
+            task = entry[0]
+            task._claim.append(True)
+            task.state = QUEUED
+            self._queue.appendleft(entry)
+        replacement = _Worker(list(sys.path))
+        self._workers[replacement.conn] = replacement
+
+    def _stop_workers(self) -> None:
+        workers = list(self._workers.values())
+        for worker in workers:
+            try:
+                worker.conn.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        for worker in workers:
+            try:
+                worker.process.wait(timeout=0.5 if self._killing else 5)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.close()
+        self._workers = {}
+        for task, _, _ in list(self._queue):
+            if task.claim():
+                task.set_failure(_crash_failure(task, "not started", "autofork was shutting down"))
+        self._queue.clear()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _crash_failure(task: Task, cause: str, detail: str) -> Failure:
+    error = WorkerCrashed(task.name, cause, detail)
+    return Failure(cloud_dumps(error), [], task.site)
+
+
+def _pickle_call(task: Task, args: tuple) -> bytes:
+    try:
+        return dumps((args, task.kwargs))
+    except Exception as error:  # noqa: BLE001
+        raise _unpicklable(task, error) from error
+
+
+def _unpicklable(task: Task, error: Exception) -> TypeError:
+    named = [(f"argument {i + 1}", value) for i, value in enumerate(task.args)]
+    named += [(f"keyword argument {key!r}", value) for key, value in task.kwargs.items()]
+    culprit = "an argument"
+    for label, value in named:
+        try:
+            cloud_dumps(value)
+        except Exception:  # noqa: BLE001
+            culprit = f"{label} ({type(value).__name__} {_short_repr(value)})"
+            break
+    return TypeError(
+        f"fork({task.name}, ...): {culprit} cannot be sent to a worker process: "
+        f"{type(error).__name__}: {error}. Pass something picklable, or mark "
+        f"{task.name} @io_bound to run it in a thread of this process.")
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,184 @@
+"""Task: one forked call and its outcome (autofork's own small future).
+
+A task moves WAITING (for pending inputs) -> QUEUED -> RUNNING -> DONE.  Whoever
+*claims* a queued task runs it: a pool thread, a worker's sender, or a thread that waits
+for it and finds it still queued (so a thread waiting on its own pool never deadlocks).
+Claiming is a ``list.pop`` on a one-item list: atomic, so exactly one claimer wins.
+
+Completion releases a lock that was taken at creation (a latch: each waiter acquires
+and releases it), then runs the done-callbacks.  Callbacks that complete further tasks
+are run from a per-thread queue, not recursively, so a chain of 100,000 lazy additions
+completes without deep recursion.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from typing import Any, Callable, Optional
+
+from .errors import Failure, Frame
+
+__all__ = ["Task", "WAITING", "QUEUED", "RUNNING", "DONE"]
+
+WAITING, QUEUED, RUNNING, DONE = 0, 1, 2, 3
+
+_local = threading.local()
+_unobserved: dict[int, "Task"] = {}  # failed, and nobody has seen the failure yet
+_live: set["Task"] = set()  # forked and not finished: waited for at exit
+
+
+class Task:
+    """One call: its function, arguments, state and outcome."""
+
+    __slots__ = ("fn", "args", "kwargs", "kind", "site", "state", "value", "failure",
+                 "_latch", "_callbacks", "_claim", "inputs", "executor", "__weakref__")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str,
+                 site: Optional[Frame] = None) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.kind = kind
+        self.site = site
+        self.state = QUEUED
+        self.value: Any = None
+        self.failure: Optional[Failure] = None
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._callbacks: Optional[list] = None
+        self._claim = [True]
+        self.inputs: Optional[list[Task]] = None  # pending inputs, while WAITING
+        # The executor runs the task once claimed: an object with run(task) and, for a
+        # task that waited on inputs, submit(task).  None for a lazy operator.
+        self.executor: Any = None
+
+    @property
+    def name(self) -> str:
+        fn = self.fn
+        return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+    # -- claiming and running ------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Take the task to run it; True for exactly one caller."""
+        try:
+            self._claim.pop()
+        except IndexError:
+            return False
+        self.state = RUNNING
+        return True
+
+    def run_here(self) -> None:
+        """Run a claimed task in this thread and record its outcome."""
+        fn, args, kwargs = self.fn, self.args, self.kwargs
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure is the caller's to see
+            self.set_failure(Failure.local(exc, skip=1))
+            del exc
+        else:
+            self.set_result(value)
+
+    # -- completion --------------------------------------------------------------------
+
+    def set_result(self, value: Any) -> None:
+        self.value = value
+        self._finish()
+
+    def set_failure(self, failure: Failure) -> None:
+        if failure.site is None:
+            failure.site = self.site
+        self.failure = failure
+        _unobserved[id(self)] = self
+        self._finish()
+
+    def _finish(self) -> None:
+        self.args = self.kwargs = None  # type: ignore[assignment]  (free the inputs)
+        self.state = DONE
+        _live.discard(self)
+        self._latch.release()
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for callback in callbacks:
+                _schedule(callback, self)
+
+    def add_done_callback(self, callback: Callable[["Task"], None]) -> None:
+        """Call ``callback(task)`` once the task is done (now, if it is)."""
+        if self.state != DONE:
+            with _callback_lock:
+                if self.state != DONE:
+                    if self._callbacks is None:
+                        self._callbacks = []
+                    self._callbacks.append(callback)
+                    return
+        _schedule(callback, self)
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def done(self) -> bool:
+        return self.state == DONE
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until done; run the task here if it is still queued.  False on timeout."""
+        if self.state == DONE:
+            return True
+        inputs = self.inputs
+        if self.state == WAITING and inputs:
+            for task in inputs:
+                if not task.wait(timeout):
+                    return False
+        executor = self.executor
+        if self.state == QUEUED and executor is not None and executor.steal(self):
+            return True
+        if timeout is None:
+            self._latch.acquire()
+        elif not self._latch.acquire(timeout=max(timeout, 0)):
+            return False
+        self._latch.release()
+        return True
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """The value, waiting for it; re-raises the call's exception."""
+        if self.state != DONE and not self.wait(timeout):
+            raise TimeoutError(f"{self.name}() did not finish within {timeout} s")
+        failure = self.failure
+        if failure is None:
+            return self.value
+        self.mark_observed()
+        raise failure.exception()
+
+    def mark_observed(self) -> None:
+        _unobserved.pop(id(self), None)
+
+
+_callback_lock = threading.Lock()
+
+
+def _schedule(callback: Callable[[Task], None], task: Task) -> None:
+    """Run ``callback(task)``; nested completions are queued, not recursed into."""
+    queue = getattr(_local, "queue", None)
+    if queue is not None:
+        queue.append((callback, task))
+        return
+    _local.queue = queue = deque([(callback, task)])
+    try:
+        while queue:
+            callback, task = queue.popleft()
+            try:
+                callback(task)
+            except BaseException:  # noqa: BLE001 - a callback must not break the caller
+                sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
+    finally:
+        _local.queue = None
+
+
+def live_tasks() -> list[Task]:
+    """Forked tasks not finished yet."""
+    return list(_live)
+
+
+def unobserved_failures() -> list[Task]:
+    """Failed tasks whose failure nobody has seen yet, oldest first."""
+    return list(_unobserved.values())

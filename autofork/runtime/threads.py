@@ -1,0 +1,74 @@
+"""The thread pool: I/O-bound forks run in threads of this process.
+
+Threads start on demand, up to the configured number (256 by default, so that 200
+concurrent sleeps of 50 ms take about 50 ms), and end after ``_IDLE_SECONDS`` without
+work.  A thread that waits for a task still queued here takes it and runs it itself
+(``steal``), so forks inside forks never deadlock on a full pool.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Optional
+
+from .task import QUEUED, Task
+
+__all__ = ["ThreadPool"]
+
+_IDLE_SECONDS = 5.0
+
+
+class ThreadPool:
+    """Up to ``size`` threads taking tasks from one queue."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._queue: "queue.SimpleQueue[Optional[Task]]" = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._count = 0
+        self._lock = threading.Lock()
+        self._closing = False
+
+    def submit(self, task: Task) -> None:
+        task.executor = self
+        self._queue.put(task)
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if self._count < self.size:
+                self._count += 1
+                threading.Thread(target=self._work, name=f"autofork-io-{self._count}",
+                                 daemon=True).start()
+
+    def steal(self, task: Task) -> bool:
+        if task.state == QUEUED and task.claim():
+            task.run_here()
+            return True
+        return False
+
+    def close(self, kill: bool = False) -> None:
+        self._closing = True
+        with self._lock:
+            for _ in range(self._count):
+                self._queue.put(None)
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while True:
+            try:
+                task = get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                # Exit only if this thread's idle token is still there: a submit that took
+                # it expects this thread to take the task it queued.
+                if self._idle.acquire(blocking=False):
+                    with self._lock:
+                        self._count -= 1
+                    return
+                continue
+            if task is None:
+                return
+            if task.claim():
+                task.run_here()
+            del task
+            self._idle.release()

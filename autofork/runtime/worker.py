@@ -1,0 +1,130 @@
+"""The worker process: receives batches of calls, runs them, sends back the outcomes.
+
+Started by ``processes.ProcessPool`` as ``python -c "...worker.main(fd, shm_fd)"`` (a fresh
+interpreter: the user's script is never re-run, and no thread of the parent is forked).
+
+Protocol, one pickled list per message over a ``multiprocessing.connection.Connection``:
+
+    parent -> worker   [(task_id, fn_key, fn_bytes or None, call_bytes), ...] | None (stop)
+    worker -> parent   [(task_id, ok, outcome_bytes, seconds), ...]
+
+``fn_bytes`` is sent once per function and worker; afterwards ``fn_key`` finds it in the
+worker's cache.  Before each call the worker writes the task id into shared memory
+(``started``) and after it (``finished``): if the worker dies, the parent knows which call
+it was running, which it finished without reporting, and which it never began.
+
+The worker ignores SIGINT (the parent owns Ctrl-C) and dies with its parent: by
+PR_SET_PDEATHSIG on Linux, and by a watchdog thread everywhere.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from .serialize import dumps
+
+__all__ = ["main", "SLOT", "IN_WORKER"]
+
+SLOT = struct.Struct("qq")  # (started task id, finished task id)
+IN_WORKER = False  # True inside a worker process: CPU forks there run inline
+
+_FLUSH_SECONDS = 0.002
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(70)
+            time.sleep(0.25)
+
+    threading.Thread(target=watch, name="autofork-watchdog", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before PDEATHSIG was set
+        os._exit(70)
+
+
+def _failure(exc: BaseException) -> bytes:
+    from .errors import Failure
+
+    return pickle.dumps(Failure.capture(exc, skip=1), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _run(fn: Callable[..., Any], call: bytes) -> tuple[bool, bytes]:
+    try:
+        args, kwargs = pickle.loads(call)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - sent back to the caller
+        return False, _failure(exc)
+    try:
+        return True, dumps(value)
+    except BaseException as exc:  # noqa: BLE001
+        error = TypeError(f"the result of {getattr(fn, '__qualname__', fn)}() cannot be sent "
+                          f"back to the caller: {type(exc).__name__}: {exc}")
+        return False, _failure(error)
+
+
+def _serve(conn: Connection, slot: mmap.mmap) -> None:
+    functions: dict[int, Callable[..., Any]] = {}
+    started = finished = -1
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        batch = pickle.loads(message)
+        if batch is None:
+            return
+        results = []
+        flushed = time.perf_counter()
+        for task_id, fn_key, fn_bytes, call in batch:
+            fn = functions.get(fn_key)
+            if fn is None:
+                fn = functions[fn_key] = pickle.loads(fn_bytes)
+            started = task_id
+            SLOT.pack_into(slot, 0, started, finished)
+            begin = time.perf_counter()
+            ok, outcome = _run(fn, call)
+            end = time.perf_counter()
+            finished = task_id
+            SLOT.pack_into(slot, 0, started, finished)
+            results.append((task_id, ok, outcome, end - begin))
+            if end - flushed >= _FLUSH_SECONDS:
+                conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+                results = []
+                flushed = end
+        if results:
+            conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
+    """Entry point of a worker process."""
+    global IN_WORKER
+    IN_WORKER = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    sys.path[:] = path
+    slot = mmap.mmap(shm_fd, SLOT.size)
+    conn = Connection(fd)
+    try:
+        _serve(conn, slot)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()

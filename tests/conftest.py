@@ -1,0 +1,34 @@
+"""Shared fixtures: a clean autofork engine per test module, and script runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_engine():
+    """Each test module starts with default settings and closes its pools at the end."""
+    from autofork.runtime import config, engine
+
+    config.configure(workers=2)
+    yield
+    engine.shutdown()
+
+
+def run_script(tmp_path: Path, source: str, *args: str, env: dict | None = None,
+               timeout: float = 60, module: bool = False) -> subprocess.CompletedProcess:
+    """Write ``source`` to a script in tmp_path and run it with this Python."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    command = [sys.executable, *(["-m", "autofork"] if module else []), str(script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=tmp_path)

@@ -1,0 +1,274 @@
+"""fork and friends: laziness, placement, dataflow, exceptions, scope, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import traceback
+
+import pytest
+
+import autofork
+from autofork import (FIRST_COMPLETED, ResultProxy, as_completed, evaluate, evaluate_all,
+                      fork, io_bound, scope, unsafe, wait)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def sleep_then_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def pid_of(_=None):
+    return os.getpid()
+
+
+@io_bound
+def thread_of(_=None):
+    return os.getpid(), threading.get_ident()
+
+
+@unsafe
+def inline_of(_=None):
+    return os.getpid(), threading.get_ident()
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def add(a, b):
+    return a + b
+
+
+def test_fork_returns_before_the_call_finishes_and_operators_stay_lazy():
+    began = time.perf_counter()
+    result = fork(sleep_then_return, 1.0, 2) + 1
+    assert time.perf_counter() - began < 0.5
+    assert type(result) is ResultProxy
+    assert result == 3
+    assert time.perf_counter() - began >= 0.9
+
+
+def test_placement_cpu_in_another_process_io_in_a_thread_unsafe_inline():
+    assert evaluate(fork(pid_of)) != os.getpid()
+    pid, thread = evaluate(fork(thread_of))
+    assert pid == os.getpid() and thread != threading.get_ident()
+    assert fork(inline_of) == (os.getpid(), threading.get_ident())
+    assert type(fork(inline_of)) is tuple  # unsafe returns the real value
+
+
+def test_lambdas_closures_and_local_functions_run_in_workers():
+    offset = 10
+
+    def local(x):
+        return x + offset
+
+    assert fork(lambda x: x * 2, 21) == 42
+    assert fork(local, 5) == 15
+    assert fork(local, fork(lambda: 1)) == 11
+
+
+def test_an_argument_that_cannot_be_sent_names_itself():
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"argument 2 \(lock"):
+        fork(add, 1, lock)
+    with pytest.raises(TypeError, match="keyword argument 'b'"):
+        fork(add, 1, b=lock)
+
+
+def test_dataflow_does_not_block_the_caller_nor_later_calls():
+    began = time.perf_counter()
+    slow = fork(sleep_then_return, 1.0, 20)
+    dependent = fork(add, slow, 1)
+    assert time.perf_counter() - began < 0.5
+    independent = fork(add, 1, 1)
+    assert independent == 2
+    assert time.perf_counter() - began < 0.8  # did not wait for the slow input
+    assert dependent == 21
+
+
+def test_dataflow_inside_containers_and_keywords():
+    a = fork(sleep_then_return, 0.2, 1)
+    assert fork(sum, [a, fork(add, 1, 1), 3]) == 6
+    assert fork(add, a, b=fork(add, 2, 3)) == 6
+    assert fork(dict, {"x": a}) == {"x": 1}
+
+
+def test_a_failed_input_fails_the_dependent_call_with_its_exception():
+    failed = fork(fail, "input broke")
+    dependent = fork(add, failed, 1)
+    with pytest.raises(ValueError, match="input broke"):
+        evaluate(dependent)
+
+
+def test_exceptions_keep_their_type_and_read_like_the_sequential_traceback():
+    proxy = fork(fail, "boom")
+    with pytest.raises(ValueError, match="boom") as info:
+        evaluate(proxy)
+    text = "".join(traceback.format_exception(info.value))
+    assert "proxy = fork(fail, \"boom\")" in text  # the fork call site
+    assert "raise ValueError(message)" in text      # the raising line in the worker
+    assert text.index("proxy = fork(fail") < text.index("raise ValueError(message)")
+
+
+def test_each_evaluation_raises_a_fresh_traceback():
+    proxy = fork(fail, "again")
+    lengths = []
+    for _ in range(3):
+        try:
+            evaluate(proxy)
+        except ValueError as exc:
+            lengths.append(len(traceback.format_exception(exc)))
+    assert lengths[0] == lengths[1] == lengths[2]
+
+
+class Unpicklable(Exception):
+    def __init__(self, lock):
+        super().__init__("holds a lock")
+        self.lock = lock
+
+
+def raise_unpicklable():
+    raise Unpicklable(threading.Lock())
+
+
+class NotAValueError(ValueError):
+    def __reduce__(self):
+        raise TypeError("refuses to pickle")
+
+
+def raise_value_subclass():
+    raise NotAValueError("picky")
+
+
+def test_an_exception_that_cannot_be_pickled_arrives_as_a_clear_stand_in():
+    with pytest.raises(autofork.RemoteError, match="Unpicklable: holds a lock"):
+        evaluate(fork(raise_unpicklable))
+    with pytest.raises(ValueError, match="NotAValueError: picky"):
+        evaluate(fork(raise_value_subclass))
+
+
+def test_io_and_async_failures_keep_type_and_frames():
+    @io_bound
+    def io_fail():
+        raise KeyError("io")
+
+    async def async_fail():
+        await asyncio.sleep(0)
+        raise LookupError("async")
+
+    with pytest.raises(KeyError):
+        evaluate(fork(io_fail))
+    with pytest.raises(LookupError) as info:
+        evaluate(fork(async_fail))
+    assert 'raise LookupError("async")' in "".join(traceback.format_exception(info.value))
+
+
+def test_coroutines_run_on_the_shared_loop_and_proxies_are_awaitable():
+    async def double(x):
+        await asyncio.sleep(0.1)
+        return 2 * x
+
+    began = time.perf_counter()
+    results = [fork(double, i) for i in range(50)]
+    assert evaluate_all(results) == [2 * i for i in range(50)]
+    assert time.perf_counter() - began < 2
+
+    async def main():
+        return await fork(sleep_then_return, 0.1, 7) + await fork(double, 1)
+
+    assert asyncio.run(main()) == 9
+
+
+def test_generator_functions_cannot_be_forked():
+    def numbers():
+        yield 1
+
+    async def agen():
+        yield 1
+
+    with pytest.raises(TypeError, match="generator"):
+        fork(numbers)
+    with pytest.raises(TypeError, match="generator"):
+        fork(agen)
+
+
+def test_scope_joins_and_reraises():
+    with pytest.raises(ValueError, match="in scope"):
+        with scope():
+            fork(fail, "in scope")
+    with pytest.raises(ExceptionGroup) as info:
+        with scope():
+            fork(fail, "one")
+            fork(fail, "two")
+    assert [str(e) for e in info.value.exceptions] == ["one", "two"]
+
+    @scope()
+    def writes(path):
+        fork(io_bound(lambda: (time.sleep(0.2), open(path, "w").write("x"))))
+
+    return_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"af-{os.getpid()}")
+    writes(return_path)
+    assert os.path.exists(return_path)
+    os.remove(return_path)
+
+
+def test_wait_and_as_completed():
+    slow = fork(sleep_then_return, 0.6, "slow")
+    quick = fork(sleep_then_return, 0.05, "quick")
+    done, not_done = wait([slow, quick], return_when=FIRST_COMPLETED)
+    assert [evaluate(x) for x in done] == ["quick"] and len(not_done) == 1
+    order = [evaluate(x) for x in as_completed([slow, fork(sleep_then_return, 0.05, "q2")])]
+    assert order == ["q2", "slow"]
+    with pytest.raises(TimeoutError):
+        list(as_completed([fork(sleep_then_return, 1.0, 0)], timeout=0.1))
+
+
+def test_cascading_forks_in_threads_do_not_deadlock_a_full_pool():
+    autofork.configure(threads=2)
+    try:
+        @io_bound
+        def tree(depth):
+            if depth == 0:
+                return 1
+            return evaluate(fork(tree, depth - 1)) + evaluate(fork(tree, depth - 1))
+
+        assert fork(tree, 5) == 32
+    finally:
+        autofork.configure(threads=256)
+
+
+def nested_cpu(depth):
+    if depth == 0:
+        return [os.getpid()]
+    return fork(nested_cpu, depth - 1) + fork(nested_cpu, depth - 1)
+
+
+def test_cascading_cpu_forks_stay_within_the_configured_workers():
+    pids = evaluate(fork(nested_cpu, 4))
+    assert len(pids) == 16
+    assert os.getpid() not in pids and len(set(pids)) == 1  # nested forks ran inline
+
+
+def test_fork_from_32_threads_at_once():
+    results = [None] * 32
+
+    def worker(i):
+        results[i] = evaluate(fork(add, i, fork(add, i, 0)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [2 * i for i in range(32)]
+
+
+def test_evaluate_leaves_other_objects_alone():
+    marker = object()
+    assert evaluate(marker) is marker
+    assert evaluate_all([1, fork(add, 1, 1)]) == [1, 2]

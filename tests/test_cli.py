@@ -1,0 +1,292 @@
+"""``python -m autofork``, run for real in subprocesses, compared with plain ``python``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def environment(**changes: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOFORK")}
+    env.update(AUTOFORK_WORKERS="2", **changes)
+    return env
+
+
+def run(args: list[str], cwd: Path, plain: bool = False, timeout: float = 60,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m autofork args`` (or ``python args`` when ``plain``) in ``cwd``."""
+    command = [sys.executable, *([] if plain else ["-m", "autofork"]), *args]
+    return subprocess.run(command, cwd=cwd, env=env or environment(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+SHOW = """
+    import json, os, sys
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def square(x):
+        return x * x
+
+    squares = []
+    for i in range(3):
+        squares.append(square(i))
+    print(json.dumps({
+        "argv": sys.argv, "name": __name__, "file": __file__, "path0": sys.path[0],
+        "package": __package__, "spec": getattr(__spec__, "name", None),
+        "squares": [int(s) for s in squares],
+    }))
+    sys.exit(3)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_script_sees_what_plain_python_gives_it(tmp_path: Path) -> None:
+    write(tmp_path / "sub" / "show.py", SHOW)
+    args = ["sub/show.py", "a", "--workers", "-m", "x"]  # after the script: all the script's
+    plain = run(args, tmp_path, plain=True)
+    forked = run(args, tmp_path)
+    assert (forked.returncode, forked.stderr) == (3, "")
+    assert json.loads(forked.stdout) == json.loads(plain.stdout)
+    assert plain.returncode == 3
+
+
+@pytest.mark.timeout(60)
+def test_module_run_with_dash_m_sees_what_plain_python_gives_it(tmp_path: Path) -> None:
+    write(tmp_path / "pkg" / "__init__.py", "")
+    write(tmp_path / "pkg" / "tool.py", SHOW)
+    args = ["-m", "pkg.tool", "x", "--y"]
+    plain = run(args, tmp_path, plain=True)
+    forked = run(args, tmp_path)
+    assert (forked.returncode, forked.stderr) == (3, "")
+    shown = json.loads(forked.stdout)
+    assert shown == json.loads(plain.stdout)
+    assert shown["argv"][0] == str(tmp_path / "pkg" / "tool.py")
+    assert (shown["name"], shown["spec"], shown["package"]) == ("__main__", "pkg.tool", "pkg")
+
+
+@pytest.mark.timeout(60)
+def test_uncaught_exception_prints_the_plain_traceback_at_the_original_line(tmp_path: Path) -> None:
+    write(tmp_path / "boom.py", """
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def double(x):
+            return 2 * x
+
+        values = []
+        for i in range(2):
+            values.append(double(i))
+        print(values)
+        raise ValueError("boom")
+    """)
+    plain = run(["boom.py"], tmp_path, plain=True)
+    forked = run(["boom.py"], tmp_path)
+    assert forked.returncode == plain.returncode == 1
+    assert forked.stdout == plain.stdout == "[0, 2]\n"
+    lines = re.findall(r'File "([^"]+)", line (\d+)', forked.stderr)
+    assert lines[-1] == (str(tmp_path / "boom.py"), "11")
+    assert forked.stderr == plain.stderr
+
+
+@pytest.mark.timeout(60)
+def test_discarded_results_are_all_done_before_the_loop_ends(tmp_path: Path) -> None:
+    write(tmp_path / "writer.py", """
+        import os, sys, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def write(folder, i):
+            time.sleep(0.05 * (8 - i))  # the first calls finish last
+            with open(os.path.join(folder, f"{i}.txt"), "w") as file:
+                file.write(str(os.getpid()))
+
+        folder = sys.argv[1]
+        for i in range(8):
+            write(folder, i)
+        print(sorted(os.listdir(folder)))
+    """)
+    (tmp_path / "out").mkdir()
+    done = run(["writer.py", str(tmp_path / "out")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == str([f"{i}.txt" for i in range(8)]) + "\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_marked_function_imported_from_a_module_runs_in_another_process(tmp_path: Path) -> None:
+    write(tmp_path / "helper.py", """
+        import os, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def where(i):
+            time.sleep(0.2)
+            return os.getpid()
+    """)
+    write(tmp_path / "main.py", """
+        import json, os
+        from helper import where
+
+        pids = []
+        for i in range(4):
+            pids.append(where(i))
+        print(json.dumps({"main": os.getpid(), "calls": [int(pid) for pid in pids]}))
+    """)
+    done = run(["main.py"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    pids = json.loads(done.stdout)
+    assert set(pids["calls"]) - {pids["main"]}, pids
+
+
+@pytest.mark.timeout(60)
+def test_syntax_error_in_the_script_reads_as_under_plain_python(tmp_path: Path) -> None:
+    write(tmp_path / "bad.py", """
+        from autofork import implicit_fork
+        x = (1,
+             2
+    """)
+    plain = run(["bad.py"], tmp_path, plain=True)
+    forked = run(["bad.py"], tmp_path)
+    assert forked.returncode == plain.returncode == 1
+    assert forked.stderr == plain.stderr
+    assert 'bad.py", line 2' in forked.stderr
+
+
+@pytest.mark.timeout(60)
+def test_syntax_error_in_an_imported_module_reads_as_under_plain_python(tmp_path: Path) -> None:
+    write(tmp_path / "badmod.py", """
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def f(x):
+            return x +
+    """)
+    write(tmp_path / "main.py", "import badmod\n")
+    plain = run(["main.py"], tmp_path, plain=True)
+    forked = run(["main.py"], tmp_path)
+    assert forked.returncode == plain.returncode == 1
+    assert forked.stderr == plain.stderr
+    assert 'badmod.py", line 5' in forked.stderr
+
+
+@pytest.mark.timeout(60)
+def test_missing_script_and_module_fail_as_under_plain_python(tmp_path: Path) -> None:
+    for args in (["nothere.py"], ["-m", "nothere"]):
+        plain = run(args, tmp_path, plain=True)
+        forked = run(args, tmp_path)
+        assert forked.returncode == plain.returncode != 0
+        assert forked.stderr == plain.stderr
+
+
+MARKED = """
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def square(x):
+        return x * x
+
+    squares = []
+    for i in range(4):
+        squares.append(square(i))
+    print([int(s) for s in squares])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_diff_shows_the_rewritten_call_sites_only(tmp_path: Path) -> None:
+    write(tmp_path / "marked.py", MARKED)
+    write(tmp_path / "plain.py", "print(sum(range(4)))\n")
+    done = run(["--diff", "marked.py", "plain.py"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["--- marked.py", "+++ marked.py (autofork)"]
+    removed = [line for line in lines if line.startswith("-") and not line.startswith("---")]
+    added = [line for line in lines if line.startswith("+") and not line.startswith("+++")]
+    assert removed == ["-    squares.append(square(i))"]
+    assert len(added) == 1 and "square" in added[0] and added[0] != "+" + removed[0][1:]
+    assert "plain.py" not in done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_compare_passes_on_a_deterministic_program_with_a_json_report(tmp_path: Path) -> None:
+    write(tmp_path / "marked.py", MARKED)
+    done = run(["--compare", "--json", "marked.py"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["same"] is True
+    for run_ in ("sequential", "parallel"):
+        assert report[run_]["exit_code"] == 0
+        assert report[run_]["seconds"] > 0
+    assert report["speedup"] == pytest.approx(
+        report["sequential"]["seconds"] / report["parallel"]["seconds"], rel=0.01)
+
+
+@pytest.mark.timeout(90)
+def test_compare_fails_when_the_output_depends_on_the_process(tmp_path: Path) -> None:
+    write(tmp_path / "pids.py", """
+        import os, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def where():
+            time.sleep(0.2)
+            return os.getpid()
+
+        pids = []
+        for _ in range(3):
+            pids.append(where())
+        print(sorted({int(pid) != os.getpid() for pid in pids}))
+    """)
+    done = run(["--compare", "pids.py"], tmp_path)
+    assert done.returncode == 1
+    assert "speed-up" in done.stdout and "DIFFERENT: stdout" in done.stdout
+    assert "-[False]" in done.stderr  # the diff of the two outputs
+
+
+@pytest.mark.timeout(60)
+def test_a_marked_cpu_bound_loop_runs_faster_than_under_plain_python(tmp_path: Path) -> None:
+    write(tmp_path / "spin.py", """
+        import time
+        from autofork import implicit_fork
+
+        def spin(n):
+            total = 0
+            for i in range(n):
+                total += i % 7
+            return total
+
+        @implicit_fork
+        def work(n):
+            return spin(n)
+
+        start = time.perf_counter()
+        spin(300_000)
+        n = int(300_000 * 0.3 / (time.perf_counter() - start))  # about 0.3 s a call
+
+        start = time.perf_counter()
+        results = []
+        for _ in range(8):
+            results.append(work(n))
+        values = [int(r) for r in results]
+        print(time.perf_counter() - start, len(set(values)))
+    """)
+    plain = run(["spin.py"], tmp_path, plain=True)
+    forked = run(["spin.py"], tmp_path)
+    assert plain.returncode == forked.returncode == 0, forked.stderr
+    plain_seconds, plain_distinct = plain.stdout.split()
+    forked_seconds, forked_distinct = forked.stdout.split()
+    assert plain_distinct == forked_distinct == "1"
+    assert float(plain_seconds) / float(forked_seconds) >= 1.4, (plain.stdout, forked.stdout)
