@@ -33,6 +33,7 @@ _threads: Optional[ThreadPool] = None
 _loop: Optional[EventLoopThread] = None
 _hooks_installed = False
 _failed_at_exit = False
+_interrupted = False
 
 
 def backend() -> Backend:
@@ -120,7 +121,9 @@ def _install_hooks() -> None:
     previous = sys.excepthook
 
     def excepthook(kind: type, value: BaseException, tb: Any) -> None:
+        global _interrupted
         if issubclass(kind, KeyboardInterrupt):
+            _interrupted = True
             shutdown(kill=True)
         previous(kind, value, tb)
 
@@ -137,6 +140,9 @@ def _install_hooks() -> None:
 
 def _at_exit() -> None:
     global _failed_at_exit
+    if _interrupted:
+        shutdown(kill=True)
+        return
     try:
         _failed_at_exit = finish()
     except KeyboardInterrupt:

@@ -342,6 +342,9 @@ class ProcessPool:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
+            for task, _, _ in worker.held.values():
+                task.set_failure(_crash_failure(task, _describe_exit(worker.process.returncode),
+                                                "autofork was shutting down"))
             worker.close()
         self._workers = {}
         for task, _, _ in list(self._queue):

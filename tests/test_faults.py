@@ -1,0 +1,185 @@
+"""Faults: workers that die, Ctrl-C, a killed parent, lost errors, AUTOFORK=0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autofork import WorkerCrashed, evaluate, fork
+
+from conftest import ROOT, run_script
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def exit_hard(code):
+    os._exit(code)
+
+
+def kill_self(sig):
+    time.sleep(0.1)
+    os.kill(os.getpid(), sig)
+    time.sleep(10)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def square(x):
+    time.sleep(0.05)
+    return x * x
+
+
+@pytest.mark.parametrize("crash, cause", [
+    ((exit_hard, 3), "exit code 3"),
+    ((kill_self, signal.SIGKILL), "SIGKILL"),
+    ((segfault,), "SIGSEGV"),
+])
+def test_a_dying_worker_fails_its_call_and_the_rest_still_run(crash, cause):
+    queued = [fork(square, i) for i in range(6)]
+    doomed = fork(*crash)
+    after = [fork(square, i) for i in range(6, 12)]
+    with pytest.raises(WorkerCrashed) as info:
+        evaluate(doomed)
+    assert crash[0].__name__ in str(info.value) and cause in str(info.value)
+    assert [evaluate(x) for x in queued + after] == [i * i for i in range(12)]
+    assert fork(square, 5) == 25  # the pool works on
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children_pids(tmp_path):
+    pids_file = tmp_path / "pids"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if pids_file.exists() and pids_file.read_text().endswith("\n"):
+            return [int(x) for x in pids_file.read_text().split()]
+        time.sleep(0.05)
+    raise AssertionError("the script never reported its worker pids")
+
+
+SPINNER = """
+    import os, time
+    from autofork import fork, evaluate
+
+    def pid():
+        return os.getpid()
+
+    def spin(seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            pass
+
+    pids = {evaluate(fork(pid)) for _ in range(20)}
+    running = [fork(spin, 30) for _ in range(4)]
+    with open("pids", "w") as out:
+        out.write(" ".join(map(str, sorted(pids))) + "\\n")
+    evaluate(running[0])
+"""
+
+
+def _start_spinner(tmp_path):
+    (tmp_path / "script.py").write_text(__import__("textwrap").dedent(SPINNER))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "script.py"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_one_ctrl_c_exits_with_130_and_no_worker_outlives_it(tmp_path):
+    process = _start_spinner(tmp_path)
+    workers = _children_pids(tmp_path)
+    assert workers and all(_alive(pid) for pid in workers)
+    time.sleep(0.2)
+    # A terminal's Ctrl-C signals the whole foreground process group, workers included.
+    os.killpg(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + 1.0
+    _, stderr = process.communicate(timeout=10)
+    # Plain python dies of the re-raised SIGINT: the shell shows that as status 130.
+    assert process.returncode in (130, -signal.SIGINT), stderr
+    assert "KeyboardInterrupt" in stderr
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def test_killing_the_parent_leaves_no_worker_behind(tmp_path):
+    process = _start_spinner(tmp_path)
+    workers = _children_pids(tmp_path)
+    process.kill()
+    process.wait(timeout=5)
+    deadline = time.monotonic() + 3.0
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def test_an_unobserved_failure_is_printed_at_exit_with_a_nonzero_status(tmp_path):
+    result = run_script(tmp_path, """
+        from autofork import fork
+
+        def broken():
+            raise RuntimeError("nobody looked at me")
+
+        fork(broken)
+        print("main done")
+    """)
+    assert result.stdout == "main done\n"
+    assert "nobody looked at me" in result.stderr and "RuntimeError" in result.stderr
+    assert 'raise RuntimeError("nobody looked at me")' in result.stderr
+    assert result.returncode != 0
+
+
+def test_a_discarded_fork_still_runs_before_exit(tmp_path):
+    result = run_script(tmp_path, """
+        import time
+        from autofork import fork
+
+        def write():
+            time.sleep(0.5)
+            open("written", "w").write("done")
+
+        fork(write)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "written").read_text() == "done"
+
+
+SAME_PROGRAM = """
+    import os, threading
+    from autofork import ResultProxy, fork, io_bound
+
+    def work(x):
+        return x * 2, os.getpid()
+
+    main_pid = os.getpid()
+    value, pid = fork(work, 21)
+    proxy = fork(work, 1)
+    print(value, type(proxy) is ResultProxy, pid == main_pid)
+"""
+
+
+def test_autofork_0_runs_everything_inline_with_the_same_output(tmp_path):
+    sequential = run_script(tmp_path, SAME_PROGRAM, env={"AUTOFORK": "0"})
+    parallel = run_script(tmp_path, SAME_PROGRAM)
+    assert sequential.returncode == 0 and parallel.returncode == 0, sequential.stderr
+    assert sequential.stdout == "42 False True\n"  # no proxy, same pid
+    assert parallel.stdout == "42 True False\n"
