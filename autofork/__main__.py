@@ -142,7 +142,8 @@ def run(options: argparse.Namespace, target: list[str]) -> int:
     try:
         code = _clirun.compile_program(program, rewrite=not sequential)
     except SyntaxError as error:
-        sys.excepthook(type(error), error, None)  # as python prints it: no traceback
+        error.__traceback__ = None  # as python prints it: no traceback, only the place
+        sys.excepthook(type(error), error, None)
         return 1
     return _clirun.execute(code, program.module())
 

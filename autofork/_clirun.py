@@ -106,8 +106,8 @@ def compile_program(program: Program, rewrite: bool) -> types.CodeType:
     if rewrite:
         directory = os.path.dirname(program.path)
         resolver = importhook.make_resolver(search_path=[directory] if program.spec is None else [])
-        code = importhook.rewrite_code(program.data, program.path, "__main__",
-                                       program.package, resolver)
+        code, _ = importhook.rewrite_code(program.data, program.path, "__main__",
+                                          program.package, resolver)
         if code is not None:
             return code
     return compile(program.data, program.path, "exec", dont_inherit=True)

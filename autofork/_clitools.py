@@ -43,6 +43,8 @@ def diff(files: list[str]) -> int:
             name, package, root = _module_name(path)
             # Imports resolve as they would for a program run from the file's directory.
             resolver = importhook.make_resolver(search_path=[os.path.dirname(os.path.abspath(path)), root])
+            if not transformer.needs_rewrite(source, name, resolver, package or None):
+                continue  # left byte for byte untouched, as the hook leaves it
             rewritten = transformer.rewrite(source, name, resolver, package or None)
         except (OSError, SyntaxError, UnicodeDecodeError) as why:
             print(f"{path}: {type(why).__name__}: {why}", file=sys.stderr)

@@ -472,8 +472,8 @@ def _warn(path: str, why: BaseException) -> None:
 
 
 def rewrite_code(data: bytes, path: str, name: str, package: Optional[str],
-                 resolver: Resolver) -> Optional[types.CodeType]:
-    """The rewritten code of a module's source, or None when it needs no rewrite.
+                 resolver: Resolver) -> tuple[Optional[types.CodeType], bool]:
+    """(code, rewritten) for a module's source; (None, False) when it needs no rewrite.
 
     A syntax error of the user's raises the ``SyntaxError`` plain Python would; an
     internal rewriter failure warns, naming the file, and gives the untransformed code.
@@ -482,16 +482,17 @@ def rewrite_code(data: bytes, path: str, name: str, package: Optional[str],
     try:
         source = importlib.util.decode_source(data)
         if not transformer.needs_rewrite(source, name, resolver, package):
-            return None
+            return None, False
         rewritten = transformer.rewrite(source, name, resolver, package)
-        return transformer.compile_rewritten(source, rewritten, path)
+        return transformer.compile_rewritten(source, rewritten, path), True
     except Exception as why:  # noqa: BLE001 - never hide the user's code behind our bug
-        # The user's own SyntaxError (and encoding error) comes from compiling the
-        # original, exactly as plain Python reports it; only a source that compiles
-        # means the failure was ours.
-        code = compile(data, path, "exec", dont_inherit=True)
-        _warn(path, why)
-        return code
+        failure = why
+    # Outside the except block, so that nothing of ours is chained to the user's error:
+    # the user's own SyntaxError (or encoding error) comes from compiling the original,
+    # exactly as plain Python reports it; a source that compiles means the bug was ours.
+    code = compile(data, path, "exec", dont_inherit=True)
+    _warn(path, failure)
+    return code, False
 
 
 class AutoforkLoader(importlib.machinery.SourceFileLoader):
@@ -515,14 +516,14 @@ class AutoforkLoader(importlib.machinery.SourceFileLoader):
         try:
             package = fullname if self.is_package(fullname) else fullname.rpartition(".")[0]
             self.dependencies.clear()
-            code = rewrite_code(data, self.path, fullname, package,
-                                make_resolver(record=self.dependencies))
+            code, rewritten = rewrite_code(data, self.path, fullname, package,
+                                           make_resolver(record=self.dependencies))
         finally:
             _guard.busy -= 1
         if code is None:  # the source changed since find_spec and needs no rewrite now
             return super().source_to_code(data, self.path)
         pyc = cache_path(self.path)
-        if pyc is not None:
+        if pyc is not None and rewritten:
             _write_cache(pyc, data, self.dependencies.values(), code)
         log.debug("rewrote %s (%s)", fullname, self.path)
         return code

@@ -215,8 +215,9 @@ def test_diff_shows_the_rewritten_call_sites_only(tmp_path: Path) -> None:
     assert lines[:2] == ["--- marked.py", "+++ marked.py (autofork)"]
     removed = [line for line in lines if line.startswith("-") and not line.startswith("---")]
     added = [line for line in lines if line.startswith("+") and not line.startswith("+++")]
-    assert removed == ["-    squares.append(square(i))"]
-    assert len(added) == 1 and "square" in added[0] and added[0] != "+" + removed[0][1:]
+    assert "-    squares.append(square(i))" in removed
+    assert len(added) == len(removed) <= 2  # the call, and the line that takes the import
+    assert any(line.startswith("+    squares.append(") and "fork" in line for line in added)
     assert "plain.py" not in done.stdout
 
 
