@@ -1,0 +1,1 @@
+"""autofork's benchmarks: ``python -m benchmarks`` (see ``benchmarks/run.py``)."""
