@@ -110,6 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _clitools.compare(options, target)
     if options.json or options.compare_stderr:
         parser.error("--json and --compare-stderr go with --compare")
+    try:
+        _configure(options)
+    except ValueError as why:  # a bad --workers, --backend...: say so as argparse would
+        parser.error(str(why))
     return run(options, target)
 
 
@@ -117,9 +121,6 @@ def run(options: argparse.Namespace, target: list[str]) -> int:
     """Run the script (``target[0]``) or module (``options.module``) as ``__main__``."""
     from autofork import _clirun, importhook
 
-    if options.sequential:
-        os.environ["AUTOFORK"] = "0"
-    _configure(options)
     sequential = importhook.disabled()
     include = importhook.parse_patterns(options.include)
     exclude = importhook.parse_patterns(options.exclude)
@@ -177,6 +178,8 @@ def _configure(options: argparse.Namespace) -> None:
     if options.sequential:
         settings["backend"] = "sequential"
     settings = {key: value for key, value in settings.items() if value is not None}
+    if options.sequential:
+        os.environ["AUTOFORK"] = "0"  # for the hook, and for the program's children
     if settings:
         from autofork import configure
 

@@ -16,8 +16,8 @@ is asked about, the finder bails out as early as it can:
 Which modules are rewritten
 ---------------------------
 Every module whose source file lies outside the standard library and site-packages
-(``site-packages`` / ``dist-packages`` directories, the interpreter's ``stdlib``,
-``purelib`` and ``platlib`` paths), except autofork itself.  Two lists of patterns
+(any ``site-packages`` or ``dist-packages`` directory, ``site.getsitepackages()``,
+the directory of ``os.py``), except autofork itself.  Two lists of patterns
 change that: ``include`` (``--include``, ``AUTOFORK_INCLUDE``) adds modules that would
 be skipped, ``exclude`` (``--exclude``, ``AUTOFORK_EXCLUDE``) removes modules; exclude
 wins.  A list is one string of patterns separated by commas or ``os.pathsep``:
@@ -67,7 +67,6 @@ import marshal
 import os
 import site
 import sys
-import sysconfig
 import threading
 import types
 import warnings
@@ -141,8 +140,9 @@ def _matches(pattern: str, name: str, origin: str) -> bool:
 
 
 def _skipped_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    dirs = {paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    # The standard library's directory (lib-dynload is inside it) and the site
+    # directories; sysconfig.get_paths() would say the same at ten times the cost.
+    dirs = {os.path.dirname(os.__file__)}
     try:
         dirs.update(site.getsitepackages())
         dirs.add(site.getusersitepackages())
@@ -338,7 +338,11 @@ def make_resolver(search_path: Sequence[str] = (),
     Finds sources without importing anything.  Each answer is added to ``record``.
     """
 
+    answers: dict[str, Optional[Marks]] = {}  # one rewrite may ask about a module often
+
     def resolve(name: str) -> Optional[Marks]:
+        if name in answers:
+            return answers[name]
         _guard.busy = getattr(_guard, "busy", 0) + 1
         try:
             found = _lookup(name, search_path)
@@ -347,6 +351,7 @@ def make_resolver(search_path: Sequence[str] = (),
             _guard.busy -= 1
         if record is not None:
             record[name] = (name, None if found is None else found.digest, _frozen(marks))
+        answers[name] = marks
         return marks
 
     return resolve
