@@ -259,6 +259,11 @@ def _find_spec(name: str, search_path: Sequence[str] = ()) -> Optional[importlib
         spec = importlib.machinery.PathFinder.find_spec(name, list(search_path))
         if spec is not None:
             return spec
+    return _ask_finders(name, path)
+
+
+def _ask_finders(name: str, path: Optional[Iterable[str]]) -> Optional[importlib.machinery.ModuleSpec]:
+    """The spec the import system would find for ``name``, from every finder but ours."""
     for finder in list(sys.meta_path):
         if isinstance(finder, ImportHook):
             continue
@@ -545,7 +550,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
     #: module name -> the modules its rewrite resolved against (name, source hash, marks).
     resolved: dict[str, dict[str, Dependency]] = field(default_factory=dict)
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
+    def find_spec(self, fullname: str, path: Optional[Iterable[str]] = None,
                   target: Optional[types.ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
         if getattr(_guard, "busy", 0) or disabled() or self.rules.skips_name(fullname):
             return None
@@ -559,8 +564,9 @@ class ImportHook(importlib.abc.MetaPathFinder):
             _guard.busy -= 1
 
     def _find_spec(self, fullname: str,
-                   path: Optional[Sequence[str]]) -> Optional[importlib.machinery.ModuleSpec]:
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+                   path: Optional[Iterable[str]]) -> Optional[importlib.machinery.ModuleSpec]:
+        # What the finders after this one would find (editable installs have their own).
+        spec = _ask_finders(fullname, path)
         if (spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)
                 or not spec.origin or not self.rules.wants(fullname, spec.origin)):
             return None
