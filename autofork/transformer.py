@@ -447,11 +447,12 @@ _OTHER = _Binding()
 
 
 class _Def(_Binding):
-    __slots__ = ("node", "scope", "body_scope", "kind", "generator_mark")
+    __slots__ = ("node", "scope", "body_scope", "kind", "generator_mark", "order")
 
-    def __init__(self, node: cst.FunctionDef, scope: _Scope) -> None:
+    def __init__(self, node: cst.FunctionDef, scope: _Scope, order: Optional[int]) -> None:
         self.node = node
         self.scope = scope            # where its decorators are evaluated
+        self.order = order            # index of a module-level def among the module's statements
         self.body_scope: Optional[_Scope] = None
         self.kind: Optional[str] = None  # filled after the walk
         self.generator_mark: Optional[str] = None
@@ -548,6 +549,20 @@ def _dotted(node: cst.BaseExpression) -> str:
     raise TypeError(f"not a dotted name: {node!r}")
 
 
+def _result_calls(expression: cst.BaseExpression) -> list[cst.Call]:
+    """The calls whose value may become the value of ``expression`` itself."""
+    c = _cst
+    if isinstance(expression, c.Call):
+        return [expression]
+    if isinstance(expression, c.IfExp):
+        return [*_result_calls(expression.body), *_result_calls(expression.orelse)]
+    if isinstance(expression, c.BooleanOperation):
+        return [*_result_calls(expression.left), *_result_calls(expression.right)]
+    if isinstance(expression, c.NamedExpr):
+        return _result_calls(expression.value)
+    return []
+
+
 def _params(params: cst.Parameters) -> list[cst.Param]:
     c = _cst
     out = [*params.posonly_params, *params.params]
@@ -578,6 +593,7 @@ class _Analyzer:
         self.defs: list[_Def] = []
         self.loop_paths: dict[int, tuple[cst.CSTNode, ...]] = {}
         self.runtime_alias: Optional[str] = None
+        self.star_order = -1
         # decisions
         self.rewrites: dict[int, Optional[str]] = {}   # id(call) -> joiner name, None for a value fork
         self.unwraps: set[int] = set()
@@ -687,7 +703,8 @@ class _Analyzer:
         self._visit_param_parts(node.params)
         if node.returns is not None:
             self.visit(node.returns)
-        definition = _Def(node, self.scope)
+        order = self.region.top if self.region.kind == "module" and self.scope.kind == "module" else None
+        definition = _Def(node, self.scope, order)
         self.defs.append(definition)
         self.bind(node.name.value, definition)
         inner = _Scope("function", self.scope)
@@ -790,8 +807,9 @@ class _Analyzer:
 
     def _note_assigned(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression],
                        scope: Optional[_Scope]) -> None:
-        if scope is not None and isinstance(target, _cst.Name) and isinstance(value, _cst.Call):
-            self.assigned.append((scope, target.value, value))
+        if scope is not None and isinstance(target, _cst.Name) and value is not None:
+            for call in _result_calls(value):
+                self.assigned.append((scope, target.value, call))
 
     def _v_assign(self, node: cst.Assign) -> None:
         for target in node.targets:
@@ -901,6 +919,7 @@ class _Analyzer:
                            len(node.relative), self.package)
         if isinstance(node.names, c.ImportStar):
             self.scope.stars.append(module or "")
+            self.star_order = max(self.star_order, self.region.top)
             return
         for alias in node.names:
             name = _dotted(alias.name)
@@ -935,17 +954,17 @@ class _Analyzer:
         c = _cst
         subject = node.subject
         # Pattern matching checks exact types (sequence and mapping patterns, `case None`).
-        if isinstance(subject, c.Call):
-            self.contexts[id(subject)] = "plain"
-        elif isinstance(subject, c.Name):
+        if isinstance(subject, c.Name):
             self.name_uses.append(_NameUse(subject, self.scope, (*self.path, subject)))
         elif isinstance(subject, c.Tuple):
             for element in subject.elements:
                 if isinstance(element.value, c.Name):
                     self.name_uses.append(_NameUse(element.value, self.scope,
                                                    (*self.path, subject, element, element.value)))
-                elif isinstance(element.value, c.Call):
-                    self.contexts[id(element.value)] = "plain"
+                else:
+                    self._keep_plain(element.value)
+        else:
+            self._keep_plain(subject)
         self.children(node)
 
     def _v_match_as(self, node: cst.MatchAs) -> None:
@@ -973,6 +992,8 @@ class _Analyzer:
                 for operand, path in ((left, left_path), (target.comparator, right_path)):
                     if isinstance(operand, c.Name):
                         self.name_uses.append(_NameUse(operand, self.scope, path))
+                    else:
+                        self._keep_plain(operand)
             left, left_path = target.comparator, right_path
         self.children(node)
 
@@ -988,12 +1009,19 @@ class _Analyzer:
                 node, self.scope, tuple(self.path), self.contexts.get(id(node), "value"), region,
                 region.loops[0] if region.loops else None, region.top))
             if (isinstance(func, c.Name) and func.value in ("type", "id") and len(node.args) == 1
-                    and not node.args[0].star and node.args[0].keyword is None
-                    and isinstance(node.args[0].value, c.Name)):
+                    and not node.args[0].star and node.args[0].keyword is None):
                 arg = node.args[0]
-                self.name_uses.append(_NameUse(arg.value, self.scope, (*self.path, arg, arg.value),
-                                               needs_builtin=func.value))
+                if isinstance(arg.value, c.Name):
+                    self.name_uses.append(_NameUse(arg.value, self.scope, (*self.path, arg, arg.value),
+                                                   needs_builtin=func.value))
+                else:
+                    self._keep_plain(arg.value)
         self.children(node)
+
+    def _keep_plain(self, expression: cst.BaseExpression) -> None:
+        """A call whose value meets ``is``, ``type()``, ``id()`` or ``match`` directly stays plain."""
+        for call in _result_calls(expression):
+            self.contexts[id(call)] = "plain"
 
     def _v_yield(self, node: cst.Yield) -> None:
         scope: Optional[_Scope] = self.scope
@@ -1022,7 +1050,12 @@ class _Analyzer:
             current = current.parent
         found = current.bindings.get(name, []) if current is not None else []
         if (current is None or current is self.module_scope) and self.module_scope.stars:
-            found = [*found, *self._star_bindings(name, explicit=bool(found))]
+            # Module-level defs that come after every star import are not shadowed by them.
+            explicit = bool(found) and not all(
+                isinstance(b, _Def) and b.order is not None and b.order > self.star_order
+                for b in found)
+            if explicit or not found:
+                found = [*found, *self._star_bindings(name, explicit)]
             if found:
                 current = self.module_scope
         return current, found
