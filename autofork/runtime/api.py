@@ -60,7 +60,11 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
     task = Task(fn, args, kwargs, kind, call_site())
     executor = _executor(kind)
     seen, pending = scan(args, kwargs)
-    if pending:
+    if getattr(executor, "accepts_pending", False):
+        # This executor takes the proxies among the arguments itself (the dask backend
+        # passes those of its own tasks to Dask as futures, and holds the call for others).
+        executor.submit(task)
+    elif pending:
         when_ready(task, pending, functools.partial(_submit_ready, executor))
     else:
         if seen:
