@@ -114,16 +114,15 @@ def compile_program(program: Program, rewrite: bool) -> types.CodeType:
 
 
 def _finish(status: int) -> int:
-    """Join outstanding forks; unobserved failures make a zero status non-zero."""
-    lifecycle = sys.modules.get("autofork.runtime.lifecycle")
-    finish = getattr(lifecycle, "finish", None)
-    if finish is None:
-        return status
-    result = finish()
-    if status == 0 and isinstance(result, int) and not isinstance(result, bool) and result:
-        return result
-    if status == 0 and result is False:
-        return 1
+    """Join outstanding forks; unobserved failures make a zero status 1.
+
+    Only when the runtime was imported: no import, no forks, nothing to wait for.
+    """
+    for name in ("autofork.runtime.lifecycle", "autofork.runtime.engine"):
+        finish = getattr(sys.modules.get(name), "finish", None)
+        if finish is not None:
+            failed = finish()  # prints each failure nobody saw; true if there was one
+            return 1 if failed and status == 0 else status
     return status
 
 
