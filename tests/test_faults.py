@@ -183,3 +183,23 @@ def test_autofork_0_runs_everything_inline_with_the_same_output(tmp_path):
     assert sequential.returncode == 0 and parallel.returncode == 0, sequential.stderr
     assert sequential.stdout == "42 False True\n"  # no proxy, same pid
     assert parallel.stdout == "42 True False\n"
+
+
+def nap(x):
+    time.sleep(0.005)
+    return x
+
+
+def test_back_pressure_keeps_the_queue_bounded(monkeypatch):
+    from autofork.runtime import engine, processes
+
+    monkeypatch.setattr(processes, "_MAX_QUEUED", 40)
+    pool = engine.backend().pool
+    evaluate(fork(nap, 0))
+    longest = 0
+    results = []
+    for i in range(300):
+        results.append(fork(nap, i))
+        longest = max(longest, len(pool._queue))
+    assert longest <= 40
+    assert [evaluate(r) for r in results] == list(range(300))

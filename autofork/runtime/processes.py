@@ -50,6 +50,8 @@ log = logging.getLogger("autofork")
 
 _BATCH_SECONDS = 0.004
 _MAX_BATCH = 512
+_MAX_FAILED_STARTS = 3
+_MAX_QUEUED = 10_000  # calls waiting to be sent; past it, fork() waits (back-pressure)
 _ids = itertools.count()
 
 
@@ -73,6 +75,10 @@ class _Worker:
         self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
         self.known: set[int] = set()  # keys of the functions this worker has
 
+    def progress(self) -> tuple[int, int]:
+        """(id of the call begun last, id of the call finished last), -1 for none."""
+        return SLOT.unpack_from(self.shm, 0)
+
     def take_outcome(self) -> None:
         self.batches[0] -= 1
         if self.batches[0] == 0:
@@ -80,7 +86,7 @@ class _Worker:
 
     def sort_held(self) -> tuple[list, list, list]:
         """Split the held calls at a crash: (finished, running, never begun)."""
-        started, finished = SLOT.unpack_from(self.shm, 0)
+        started, finished = self.progress()
         done, running, later = [], [], []
         ids = list(self.held)
         cut = ids.index(finished) + 1 if finished in self.held else 0
@@ -165,11 +171,17 @@ class ProcessPool:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self.busy = 0  # calls sent and not yet answered
+        self._failed_starts = 0  # workers in a row that died before running anything
+        self._room_freed = threading.Condition()
+        self._blocked = 0  # callers waiting for room in the queue
 
     # -- the caller's side ---------------------------------------------------------
 
     def submit(self, task: Task) -> None:
         """Queue ``task``; raises TypeError naming what cannot be pickled."""
+        if self._closing:
+            raise RuntimeError("autofork's process pool is closed (its workers could not start, "
+                               "or the program is exiting)")
         fn, args = _split_method(task)
         try:
             key, data = self._functions.get(fn)
@@ -180,12 +192,24 @@ class ProcessPool:
         self._data[key] = data
         call = _pickle_call(task, args)
         task.executor = self
+        if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
+            self._wait_for_room()
         self._queue.append((task, key, call))
         if self._thread is None:
             self._start()
         if self._sleeping:
             self._sleeping = False
             os.write(self._wake_w, b"\0")
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure: a loop that forks faster than the workers finish waits here."""
+        with self._room_freed:
+            self._blocked += 1
+            try:
+                while len(self._queue) >= _MAX_QUEUED // 2 and not self._closing:
+                    self._room_freed.wait(0.1)
+            finally:
+                self._blocked -= 1
 
     def steal(self, task: Task) -> bool:
         """Never: a CPU-bound call runs in a worker (its own pid, memory and crash)."""
@@ -259,6 +283,9 @@ class ProcessPool:
         for worker in sorted(self._workers.values(), key=lambda w: len(w.batches)):
             while self._queue and self._room(worker) and self._send_batch(worker):
                 pass
+        if self._blocked and len(self._queue) < _MAX_QUEUED // 2:
+            with self._room_freed:
+                self._room_freed.notify_all()
 
     def _send_batch(self, worker: _Worker) -> bool:
         batch = []
@@ -293,6 +320,7 @@ class ProcessPool:
         except (EOFError, OSError):
             self._crashed(worker)
             return
+        self._failed_starts = 0
         for task_id, ok, outcome, seconds in pickle.loads(message):
             task, key, _ = worker.held.pop(task_id)
             worker.take_outcome()
@@ -306,6 +334,12 @@ class ProcessPool:
 
     def _crashed(self, worker: _Worker) -> None:
         cause = _describe_exit(worker.process.wait())
+        if worker.progress()[0] == -1:
+            self._failed_starts += 1
+        if self._failed_starts >= _MAX_FAILED_STARTS:
+            self._killing = self._closing = True
+            log.error("worker processes die before running anything (%s); giving up", cause)
+            cause += "; worker processes cannot start, see their error output"
         done, running, later = worker.sort_held()
         self.busy -= len(worker.held)
         del self._workers[worker.conn]

@@ -67,6 +67,19 @@ def _failure(exc: BaseException) -> bytes:
     return pickle.dumps(Failure.capture(exc, skip=1), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _load_function(data: bytes) -> Callable[..., Any]:
+    try:
+        return pickle.loads(data)
+    except BaseException as exc:  # noqa: BLE001 - the calls of it fail, the worker lives on
+        error = exc
+
+        def unloadable(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"the function could not be loaded in the worker process: "
+                               f"{type(error).__name__}: {error}") from error
+
+        return unloadable
+
+
 def _run(fn: Callable[..., Any], call: bytes) -> tuple[bool, bytes]:
     try:
         args, kwargs = pickle.loads(call)
@@ -95,12 +108,12 @@ def _serve(conn: Connection, slot: mmap.mmap) -> None:
         results = []
         flushed = time.perf_counter()
         for task_id, fn_key, fn_bytes, call in batch:
-            fn = functions.get(fn_key)
-            if fn is None:
-                fn = functions[fn_key] = pickle.loads(fn_bytes)
             started = task_id
             SLOT.pack_into(slot, 0, started, finished)
             begin = time.perf_counter()
+            fn = functions.get(fn_key)
+            if fn is None and fn_bytes is not None:
+                fn = functions[fn_key] = _load_function(fn_bytes)
             ok, outcome = _run(fn, call)
             end = time.perf_counter()
             finished = task_id
