@@ -1260,7 +1260,12 @@ class _Rewriter:
         owner = self.names.rename(owner) if owner is not None else self.names.runtime
         comma: Any = c.Comma(whitespace_after=c.SimpleWhitespace(" ")) if new.args else c.MaybeSentinel.DEFAULT
         first = c.Arg(value=new.func, comma=comma)
-        return new.with_changes(func=self._attr(owner, "fork"), args=(first, *new.args))
+        args = list(new.args)
+        if len(args) == 1 and isinstance(args[0].value, c.GeneratorExp) and not args[0].value.lpar:
+            # f(x for x in y): the generator borrowed the call's parentheses; it needs its own now.
+            genexp = args[0].value.with_changes(lpar=(c.LeftParen(),), rpar=(c.RightParen(),))
+            args[0] = args[0].with_changes(value=genexp)
+        return new.with_changes(func=self._attr(owner, "fork"), args=(first, *args))
 
     def _name(self, original: cst.Name, new: cst.Name) -> cst.BaseExpression:
         if id(original) not in self.a.unwraps:
@@ -1510,27 +1515,71 @@ def _align(old: Sequence[str], new: Sequence[str]) -> list[tuple[str, int, int, 
     return ops
 
 
-def _line_map(original: str, rewritten: str) -> tuple[list[int], list[tuple[bool, int]]]:
+class _LineColumns:
+    """Maps the columns of one rewritten line to its original line (UTF-8 byte offsets).
+
+    A line that only moved sideways shifts; a changed line is aligned character by
+    character, so that text the rewriter kept keeps its columns; an inserted line spans
+    the whole original line.
+    """
+
+    __slots__ = ("old", "new", "shift", "blocks")
+
+    def __init__(self, old: str, new: Optional[str], shift: Optional[int]) -> None:
+        self.old = old
+        self.new = new
+        self.shift = shift
+        self.blocks: Optional[list[tuple[int, int, int]]] = None
+
+    def map(self, col: int, end: bool) -> int:
+        if self.shift is not None:
+            return max(col + self.shift, 0)
+        if self.new is None:
+            return len(self.old.encode("utf-8")) if end else _indent_bytes(self.old)
+        if self.blocks is None:
+            matcher = difflib.SequenceMatcher(None, self.old, self.new, autojunk=False)
+            self.blocks = [tuple(b) for b in matcher.get_matching_blocks() if b.size]
+        x = len(self.new.encode("utf-8")[:col].decode("utf-8", "ignore"))
+        return len(self.old[:self._char(x, end)].encode("utf-8"))
+
+    def _char(self, x: int, end: bool) -> int:
+        blocks = self.blocks or []
+        if end:
+            for a, b, size in reversed(blocks):
+                if b < x:
+                    return a + min(x - b, size)
+            return 0
+        for a, b, size in blocks:
+            if b + size > x:
+                return a + max(x - b, 0)
+        return len(self.old)
+
+
+def _line_map(original: str, rewritten: str) -> tuple[list[int], list[_LineColumns]]:
     """For each rewritten line (1-based): the original line, and how to map its columns.
 
-    The column rule is (True, shift) for a line that differs only in indentation, and
-    (False, original index) for a changed or inserted line, whose nodes then span the
-    whole original line.  Inserted lines belong to the statement that follows them.
+    Inserted lines belong to the statement that follows them.
     """
     old = _NEWLINE.split(original)
     new = _NEWLINE.split(rewritten)
     lines = [1] * (len(new) + 2)
-    columns: list[tuple[bool, int]] = [(True, 0)] * (len(new) + 2)
+    columns = [_LineColumns("", None, 0)] * (len(new) + 2)
     last = max(len(old) - 1, 0)
     for tag, i1, i2, j1, j2 in _align([s.strip() for s in old], [s.strip() for s in new]):
         for k in range(j2 - j1):
+            row = j1 + k + 1
             if tag == "equal":
-                lines[j1 + k + 1] = i1 + k + 1
-                columns[j1 + k + 1] = (True, _indent_bytes(old[i1 + k]) - _indent_bytes(new[j1 + k]))
-            else:
-                index = i1 + min(k, i2 - i1 - 1) if i2 > i1 else min(i1, last)
-                lines[j1 + k + 1] = index + 1
-                columns[j1 + k + 1] = (False, index)
+                lines[row] = i1 + k + 1
+                shift = _indent_bytes(old[i1 + k]) - _indent_bytes(new[j1 + k])
+                columns[row] = _LineColumns(old[i1 + k], None, shift)
+            elif i2 > i1:   # replace: a changed line, aligned character by character
+                index = i1 + min(k, i2 - i1 - 1)
+                lines[row] = index + 1
+                columns[row] = _LineColumns(old[index], new[j1 + k], None)
+            else:           # insert
+                index = min(i1, last)
+                lines[row] = index + 1
+                columns[row] = _LineColumns(old[index] if old else "", None, None)
     return lines, columns
 
 
@@ -1540,9 +1589,9 @@ def compile_rewritten(original: str, rewritten: str, filename: str) -> types.Cod
     Line numbers of the code object (tracebacks, coverage, ``co_firstlineno``,
     ``co_lines``/``co_positions``) are those of the original file: the rewritten text is
     parsed with ``ast``, and each node's lines are mapped through a line alignment of
-    the two texts (difflib over the stripped lines; a line only re-indented keeps its
-    columns, shifted; a changed or inserted line maps to the original line of the
-    statement it belongs to and spans all of it).
+    the two texts (a line only re-indented keeps its columns, shifted; a changed line
+    is aligned character by character; an inserted line maps to the original line of
+    the statement it belongs to).
     """
     tree = compile(rewritten, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
     if original != rewritten:
@@ -1552,9 +1601,6 @@ def compile_rewritten(original: str, rewritten: str, filename: str) -> types.Cod
 
 def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
     lines, columns = _line_map(original, rewritten)
-    old = _NEWLINE.split(original)
-    indents = [_indent_bytes(line) for line in old]
-    lengths = [len(line.encode("utf-8")) for line in old]
     top = len(lines) - 1
     node_type = ast.AST
     stack: list[ast.AST] = [tree]
@@ -1573,8 +1619,7 @@ def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
         node.lineno = lines[lineno]
         col = getattr(node, "col_offset", -1)
         if col is not None and col >= 0:
-            shifted, value = columns[lineno]
-            node.col_offset = max(col + value, 0) if shifted else indents[value]
+            node.col_offset = columns[lineno].map(col, False)
         end_lineno = getattr(node, "end_lineno", None)
         if end_lineno is None:
             continue
@@ -1582,8 +1627,7 @@ def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
         node.end_lineno = lines[end_lineno]
         end_col = getattr(node, "end_col_offset", -1)
         if end_col is not None and end_col >= 0:
-            shifted, value = columns[end_lineno]
-            end_col = max(end_col + value, 0) if shifted else lengths[value]
+            end_col = columns[end_lineno].map(end_col, True)
             if node.end_lineno == node.lineno and end_col < node.col_offset:
                 end_col = node.col_offset
             node.end_col_offset = end_col
