@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from . import _workloads as w
-from ._measure import (ROOT, Result, RunFailed, clean_env, figure, last_json, race, rss_bytes,
-                       run_python, short_error)
+from ._measure import (Result, RunFailed, figure, last_json, race, rss_bytes, run_python,
+                       short_error, user_env)
 from ._rows import Row
 
 MARK = "@@row "
@@ -531,7 +531,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "import": imported}))
 def goal_7(quick: bool) -> Iterator[Row]:
     reps = 2 if quick else 5
     folder = Path(tempfile.mkdtemp(prefix="autofork-bench-"))
-    env = clean_env(PYTHONDONTWRITEBYTECODE=None)
+    env = user_env()
     try:
         (folder / "bigmodule.py").write_text(big_module(3000))
         for name, text in (("plain.py", _IMPORT_PLAIN), ("hook.py", _IMPORT_HOOK),
@@ -586,13 +586,14 @@ def goal_7(quick: bool) -> Iterator[Row]:
 # -- 8. memory ------------------------------------------------------------------------------
 
 def goal_8(quick: bool) -> Iterator[Row]:
-    from autofork import configure, evaluate_all, fork
+    from autofork import configure, evaluate_all, fork, wait
 
     configure(workers=2)
     pending_n = 2000
     evaluate_all([fork(w.noop, i) for i in range(200)])
 
-    def pending_cost(submit: Callable[..., Any], settle: Callable[[list], Any]) -> float:
+    def pending_cost(submit: Callable[..., Any], settle: Callable[[list], Any],
+                     done: Callable[[Any], bool]) -> float:
         """Bytes per pending call: both workers held by a pause, then ``pending_n`` calls."""
         blockers = [submit(w.pause, 0.5) for _ in range(2)]
         time.sleep(0.1)
@@ -604,19 +605,24 @@ def goal_8(quick: bool) -> Iterator[Row]:
             after = tracemalloc.get_traced_memory()[0]
         finally:
             tracemalloc.stop()
+        finished = sum(map(done, calls))
+        if finished > pending_n // 10:
+            raise RuntimeError(f"{finished} of {pending_n} calls finished during the measurement")
         settle(calls)
         settle(blockers)
         return (after - before) / pending_n
 
     results: dict[str, Result] = {}
     try:
-        results["autofork"] = pending_cost(fork, evaluate_all)
+        results["autofork"] = pending_cost(
+            fork, evaluate_all, lambda p: not wait([p], timeout=0).not_done)
     except Exception as error:  # noqa: BLE001
         results["autofork"] = short_error(error)
     ppe = ProcessPoolExecutor(2, mp_context=_context())
     try:
         list(ppe.map(w.noop, range(100)))
-        results["PPE future"] = pending_cost(ppe.submit, lambda fs: [f.result() for f in fs])
+        results["PPE future"] = pending_cost(
+            ppe.submit, lambda fs: [f.result() for f in fs], lambda f: f.done())
     except Exception as error:  # noqa: BLE001
         results["PPE future"] = short_error(error)
     finally:

@@ -53,10 +53,9 @@ def figure(result: Result, scale: float = 1.0) -> Optional[float]:
 
 
 def clean_env(**changes: Optional[str]) -> dict[str, str]:
-    """This environment, with the repository on PYTHONPATH, PYTHONDONTWRITEBYTECODE
-    removed (these machines set it), and ``changes`` applied (None removes a name)."""
+    """This environment, with the repository on PYTHONPATH and ``changes`` applied (None
+    removes a name)."""
     env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     for name, value in changes.items():
@@ -78,12 +77,19 @@ class RunFailed(Exception):
 _MISSING = ("ImportError", "ModuleNotFoundError", "No module named", "cannot import name")
 
 
+def user_env() -> dict[str, str]:
+    """The environment of a user's machine for a measured program: bytecode caches on
+    (these machines set PYTHONDONTWRITEBYTECODE=1, which would make every import compile)."""
+    return clean_env(PYTHONDONTWRITEBYTECODE=None)
+
+
 def run_python(args: list[str], cwd: Union[str, Path], timeout: float = 120,
                env: Optional[dict[str, str]] = None) -> tuple[float, str, str]:
-    """Run ``python *args``; (wall seconds, stdout, stderr).  Raises RunFailed."""
+    """Run ``python *args`` (in ``user_env()`` by default); (wall seconds, stdout, stderr).
+    Raises RunFailed."""
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, *args], cwd=cwd, env=env or clean_env(),
+        done = subprocess.run([sys.executable, *args], cwd=cwd, env=env or user_env(),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RunFailed(f"timed out after {timeout:g} s") from None

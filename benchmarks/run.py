@@ -117,6 +117,21 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def load_average() -> Optional[float]:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_note(before: Optional[float]) -> str:
+    """The load average before and after: other work on the machine skews every figure."""
+    after = load_average()
+    if before is None or after is None:
+        return ""
+    return f", load average {before:.1f} before, {after:.1f} after"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,12 +140,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--goals", metavar="LIST", default=",".join(GOALS),
                         help="comma-separated goals to run (default: all)")
     options = parser.parse_args(argv)
-    chosen = [g.strip() for g in options.goals.split(",") if g.strip()]
-    unknown = [g for g in chosen if g not in GOALS]
+    asked = {g.strip() for g in options.goals.split(",") if g.strip()}
+    unknown = sorted(asked - set(GOALS))
+    chosen = [g for g in GOALS if g in asked]
     if unknown:
         parser.error(f"no such goal: {', '.join(unknown)} (goals: {', '.join(GOALS)})")
 
     per_goal, whole = LIMITS[options.quick]
+    load = load_average()
     started = time.perf_counter()
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = "python -m benchmarks" + (" --quick" if options.quick else "")
@@ -148,7 +165,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     total = time.perf_counter() - started
 
     print(f"autofork benchmarks, {when}: `{command}`, Python {platform.python_version()}, "
-          f"{cores()} cores, {platform.system()} {platform.machine()}, {total:.0f} s")
+          f"{cores()} cores, {platform.system()} {platform.machine()}, {total:.0f} s"
+          f"{load_note(load)}")
     print()
     print(table(rows))
     print()
@@ -162,7 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{met.count(None)} not measured.")
     if options.json:
         report = {"date": when, "command": command, "python": platform.python_version(),
-                  "cores": cores(), "seconds": round(total, 1), "quick": options.quick,
+                  "cores": cores(), "load_average_before": load, "seconds": round(total, 1), "quick": options.quick,
                   "rows": [row.to_json() for row in rows]}
         Path(options.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return 0
