@@ -9,7 +9,7 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import (Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Optional,
                     TypeVar, overload)
 
-from . import config, engine, worker
+from . import config, engine, stats, worker
 from .dataflow import scan, substitute, when_ready
 from .errors import add_note, call_site
 from .marks import kind_of
@@ -71,6 +71,8 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
             task.args, task.kwargs = substitute(args, kwargs)
         executor.submit(task)
     _live.add(task)
+    if stats.active:
+        stats.forked(task.name)
     tasks = _scope.get()
     if tasks is not None:
         tasks.append(task)

@@ -22,15 +22,11 @@ _NOT_FOUND = (False, ())
 
 
 def _task_of(obj: Any) -> Task | None:
-    from .proxy import ResultProxy
-
     return obj._autofork_task if type(obj) is ResultProxy else None
 
 
 def scan(args: tuple, kwargs: dict) -> tuple[bool, list[Task]]:
     """(whether any proxy is among the arguments, the tasks of the pending ones)."""
-    from .proxy import ResultProxy
-
     found: list[Task] = []
     seen = False
     for value in (*args, *kwargs.values()) if kwargs else args:
@@ -101,3 +97,6 @@ def when_ready(task: Task, inputs: list[Task], ready: Callable[[Task], None]) ->
 
     for source in inputs:
         source.add_done_callback(input_done)
+
+
+from .proxy import ResultProxy  # noqa: E402 - proxy imports this module's users

@@ -17,7 +17,7 @@ import threading
 import traceback
 from typing import Any, Optional
 
-from . import config
+from . import config, stats
 from .aio import EventLoopThread
 from .backend import Backend, create
 from .task import Task, live_tasks, unobserved_failures
@@ -91,6 +91,9 @@ def shutdown(kill: bool = False) -> None:
 
 def finish() -> bool:
     """Wait for every running fork and print the failures nobody saw.  True if any."""
+    from .granularity import flush_all
+
+    flush_all()
     for task in live_tasks():
         task.wait()
     failures = unobserved_failures()
@@ -103,6 +106,9 @@ def finish() -> bool:
 
 
 def _on_settings_changed(old: config.Settings, new: config.Settings) -> None:
+    if (old.stats, old.trace) != (new.stats, new.trace):
+        stats.start(new.stats, new.trace)
+        _install_hooks()
     if (old.workers, old.threads, old.backend, old.address, old.start_method) != (
             new.workers, new.threads, new.backend, new.address, new.start_method):
         shutdown()
@@ -149,6 +155,16 @@ def _at_exit() -> None:
         shutdown(kill=True)
         raise
     shutdown()
+    _report()
+
+
+def _report() -> None:
+    current = config.settings()
+    if current.stats:
+        stats.report()
+    path = stats.write_trace()
+    if path:
+        log.info("wrote the trace of this run to %s", path)
 
 
 @atexit.register

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .api import fork
 from .errors import add_note
+from .granularity import call
 from .proxy import ResultProxy, unwrap
 from .task import DONE, Task
 
 __all__ = ["fork", "Joiner", "unwrap"]
+
+
+def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """A rewritten call whose value is used: a lazy proxy, or the value if it ran inline."""
+    return call(fn, args, kwargs)
 
 _PRUNE_AT = 1024
 
@@ -40,7 +45,7 @@ class Joiner:
 
     def fork(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         """Fork a call whose value is not used; it is joined at the block's end."""
-        result = fork(fn, *args, **kwargs)
+        result = call(fn, args, kwargs)
         if type(result) is ResultProxy:
             tasks = self._tasks
             tasks.append(result._autofork_task)

@@ -41,7 +41,8 @@ from typing import Any, Callable, Optional
 
 from .errors import Failure, WorkerCrashed
 from .serialize import cloud_dumps, dumps
-from .task import QUEUED, Task
+from . import stats
+from .task import QUEUED, Chunk, Task
 from .worker import SLOT
 
 __all__ = ["ProcessPool"]
@@ -130,6 +131,10 @@ class _FunctionCache:
         self._keys = itertools.count()
         self._lock = threading.Lock()
 
+    def key_of(self, fn: Callable[..., Any]) -> Optional[int]:
+        entry = self._by_id.get(id(fn))
+        return entry[0] if entry is not None and entry[2]() is fn else None
+
     def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self._by_id.get(id(fn))
         if entry is not None and entry[2]() is fn:
@@ -190,7 +195,7 @@ class ProcessPool:
                             f"process: {type(error).__name__}: {error}. Mark it @io_bound to "
                             "run it in a thread of this process.") from error
         self._data[key] = data
-        call = _pickle_call(task, args)
+        call = _pickle_chunk(task) if type(task) is Chunk else _pickle_call(task, args)
         task.executor = self
         if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
             self._wait_for_room()
@@ -214,6 +219,15 @@ class ProcessPool:
     def steal(self, task: Task) -> bool:
         """Never: a CPU-bound call runs in a worker (its own pid, memory and crash)."""
         return False
+
+    def mean_seconds(self, fn: Callable[..., Any]) -> Optional[float]:
+        """The measured mean run time of one call of ``fn`` in a worker, if known."""
+        key = self._functions.key_of(fn)
+        return None if key is None else self._means.get(key)
+
+    def pending(self) -> int:
+        """Calls queued or running."""
+        return len(self._queue) + self.busy
 
     def idle(self) -> int:
         """How many workers have nothing to do right now."""
@@ -294,7 +308,8 @@ class ProcessPool:
             task, key, call = self._queue.popleft()
             if not task.claim():
                 continue  # a waiting thread took it
-            batch.append((id(task), key, None if key in worker.known else self._data[key], call))
+            batch.append((id(task), key, None if key in worker.known else self._data[key], call,
+                          type(task) is Chunk))
             worker.known.add(key)
             worker.held[id(task)] = (task, key, call)
         if not batch:
@@ -321,16 +336,22 @@ class ProcessPool:
             self._crashed(worker)
             return
         self._failed_starts = 0
-        for task_id, ok, outcome, seconds in pickle.loads(message):
+        for task_id, ok, outcome, begin, end in pickle.loads(message):
             task, key, _ = worker.held.pop(task_id)
             worker.take_outcome()
             self.busy -= 1
+            calls = len(task.items) if type(task) is Chunk else 1  # type: ignore[attr-defined]
+            seconds = (end - begin) / calls
             mean = self._means.get(key)
             self._means[key] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
-            if ok:
-                task.set_result(pickle.loads(outcome))
-            else:
+            if stats.active:
+                stats.ran(task, "process", worker.process.pid, begin, end, calls)
+            if not ok:
                 task.set_failure(pickle.loads(outcome))
+            elif type(task) is Chunk:
+                task.set_outcomes(pickle.loads(outcome))
+            else:
+                task.set_result(pickle.loads(outcome))
 
     def _crashed(self, worker: _Worker) -> None:
         cause = _describe_exit(worker.process.wait())
@@ -406,6 +427,19 @@ def _pickle_call(task: Task, args: tuple) -> bytes:
         return dumps((args, task.kwargs))
     except Exception as error:  # noqa: BLE001
         raise _unpicklable(task, error) from error
+
+
+def _pickle_chunk(chunk: Chunk) -> bytes:
+    calls = [(item.args, item.kwargs) for item in chunk.items]
+    for item in chunk.items:
+        item.args = item.kwargs = None  # type: ignore[assignment]  (sent; free them)
+    try:
+        return dumps(calls)
+    except Exception:  # noqa: BLE001 - name the culprit, as fork() does for one call
+        for item, (args, kwargs) in zip(chunk.items, calls):
+            item.args, item.kwargs = args, kwargs
+            _pickle_call(item, args)  # type: ignore[arg-type]
+        raise
 
 
 def _unpicklable(task: Task, error: Exception) -> TypeError:

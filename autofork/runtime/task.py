@@ -13,6 +13,7 @@ completes without deep recursion.
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 from collections import deque
@@ -20,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from .errors import Failure, Frame
 
-__all__ = ["Task", "WAITING", "QUEUED", "RUNNING", "DONE"]
+__all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE"]
 
 WAITING, QUEUED, RUNNING, DONE = 0, 1, 2, 3
 
@@ -151,6 +152,109 @@ class Task:
 
     def mark_observed(self) -> None:
         _unobserved.pop(id(self), None)
+
+
+class Chunk(Task):
+    """Several short calls of one function, sent to a worker as one task (see granularity).
+
+    Internal: its calls are ``ChunkItem`` views of one slot each of its outcomes, so a
+    call in a chunk costs no lock and no completion of its own.
+    """
+
+    __slots__ = ("items", "outcomes")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__(fn, (), {}, "cpu")
+        self.items: list[ChunkItem] = []
+        self.outcomes: Optional[list] = None
+
+    def set_outcomes(self, outcomes: list) -> None:
+        """Each item's outcome: (True, value) or (False, pickled Failure)."""
+        self.outcomes = outcomes
+        for item, (ok, _) in zip(self.items, outcomes):
+            if not ok:
+                _unobserved[id(item)] = item
+        self.set_result(None)
+
+    def set_failure(self, failure: Failure) -> None:
+        self.failure = failure
+        for item in self.items:
+            _unobserved[id(item)] = item
+        self._finish()
+
+
+class ChunkItem:
+    """One call of a chunk, with the face of a Task for proxies, dataflow and joins."""
+
+    __slots__ = ("chunk", "index", "fn", "args", "kwargs", "where", "__weakref__")
+
+    kind = "cpu"
+    inputs = None
+
+    def __init__(self, chunk: Chunk, index: int, args: tuple, kwargs: dict, where: Any) -> None:
+        self.chunk = chunk
+        self.index = index
+        self.fn = chunk.fn
+        self.args = args
+        self.kwargs = kwargs
+        self.where = where  # (code, line) of the call site: cheaper than a Frame
+
+    name = Task.name
+
+    @property
+    def site(self) -> Optional[Frame]:
+        code, line = self.where
+        return Frame(code.co_filename, line, code.co_name)
+
+    @property
+    def state(self) -> int:
+        return self.chunk.state
+
+    @property
+    def executor(self) -> Any:
+        return self.chunk.executor
+
+    def done(self) -> bool:
+        return self.chunk.state == DONE
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self.chunk.wait(timeout)
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self.chunk.add_done_callback(lambda _: callback(self))
+
+    @property
+    def value(self) -> Any:
+        return self.chunk.outcomes[self.index][1]  # type: ignore[index]
+
+    @property
+    def failure(self) -> Optional[Failure]:
+        chunk = self.chunk
+        if chunk.state != DONE:
+            return None
+        if chunk.failure is not None:
+            return Failure(chunk.failure.payload, chunk.failure.frames, self.site)
+        ok, outcome = chunk.outcomes[self.index]  # type: ignore[index]
+        if ok:
+            return None
+        failure = pickle.loads(outcome) if isinstance(outcome, bytes) else outcome
+        chunk.outcomes[self.index] = (False, failure)  # type: ignore[index]
+        if failure.site is None:
+            failure.site = self.site
+        return failure
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        chunk = self.chunk
+        if chunk.state != DONE and not chunk.wait(timeout):
+            raise TimeoutError(f"{self.name}() did not finish within {timeout} s")
+        if chunk.failure is None:
+            ok, value = chunk.outcomes[self.index]  # type: ignore[index]
+            if ok:
+                return value
+        self.mark_observed()
+        raise self.failure.exception()  # type: ignore[union-attr]
+
+    mark_observed = Task.mark_observed
 
 
 _callback_lock = threading.Lock()

@@ -8,10 +8,13 @@ work.  A thread that waits for a task still queued here takes it and runs it its
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from typing import Optional
 
+from . import stats
 from .task import QUEUED, Task
 
 __all__ = ["ThreadPool"]
@@ -69,6 +72,11 @@ class ThreadPool:
             if task is None:
                 return
             if task.claim():
-                task.run_here()
+                if stats.active:
+                    began = time.perf_counter()
+                    task.run_here()
+                    stats.ran(task, "thread", os.getpid(), began, time.perf_counter())
+                else:
+                    task.run_here()
             del task
             self._idle.release()

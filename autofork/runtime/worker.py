@@ -5,8 +5,11 @@ interpreter: the user's script is never re-run, and no thread of the parent is f
 
 Protocol, one pickled list per message over a ``multiprocessing.connection.Connection``:
 
-    parent -> worker   [(task_id, fn_key, fn_bytes or None, call_bytes), ...] | None (stop)
-    worker -> parent   [(task_id, ok, outcome_bytes, seconds), ...]
+    parent -> worker   [(task_id, fn_key, fn_bytes or None, call_bytes, many), ...] | None
+    worker -> parent   [(task_id, ok, outcome_bytes, begin, end), ...]
+
+``call_bytes`` is one pickled ``(args, kwargs)``, or with ``many`` a list of them (a chunk
+of short calls, see ``granularity``), answered by one pickled list of ``(ok, value)``.
 
 ``fn_bytes`` is sent once per function and worker; afterwards ``fn_key`` finds it in the
 worker's cache.  Before each call the worker writes the task id into shared memory
@@ -80,18 +83,52 @@ def _load_function(data: bytes) -> Callable[..., Any]:
         return unloadable
 
 
-def _run(fn: Callable[..., Any], call: bytes) -> tuple[bool, bytes]:
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
     try:
-        args, kwargs = pickle.loads(call)
-        value = fn(*args, **kwargs)
+        return True, fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - sent back to the caller
         return False, _failure(exc)
+
+
+def _unsendable(fn: Callable[..., Any], exc: BaseException) -> bytes:
+    error = TypeError(f"the result of {getattr(fn, '__qualname__', fn)}() cannot be sent "
+                      f"back to the caller: {type(exc).__name__}: {exc}")
+    return _failure(error)
+
+
+def _run(fn: Callable[..., Any], call: bytes) -> tuple[bool, bytes]:
+    """One call: (True, pickled value) or (False, pickled Failure)."""
+    try:
+        args, kwargs = pickle.loads(call)
+    except BaseException as exc:  # noqa: BLE001
+        return False, _failure(exc)
+    ok, value = _call(fn, args, kwargs)
+    if not ok:
+        return False, value
     try:
         return True, dumps(value)
     except BaseException as exc:  # noqa: BLE001
-        error = TypeError(f"the result of {getattr(fn, '__qualname__', fn)}() cannot be sent "
-                          f"back to the caller: {type(exc).__name__}: {exc}")
-        return False, _failure(error)
+        return False, _unsendable(fn, exc)
+
+
+def _run_many(fn: Callable[..., Any], calls: bytes) -> tuple[bool, bytes]:
+    """A chunk of calls of one function: (True, pickled [(ok, value or Failure bytes)])."""
+    try:
+        outcomes = [_call(fn, args, kwargs) for args, kwargs in pickle.loads(calls)]
+    except BaseException as exc:  # noqa: BLE001 - the chunk itself could not be read
+        return False, _failure(exc)
+    try:
+        return True, dumps(outcomes)
+    except BaseException:  # noqa: BLE001 - find the values that cannot travel
+        pass
+    sendable = []
+    for ok, value in outcomes:
+        try:
+            dumps(value)
+            sendable.append((ok, value))
+        except BaseException as exc:  # noqa: BLE001
+            sendable.append((False, _unsendable(fn, exc)))
+    return True, dumps(sendable)
 
 
 def _serve(conn: Connection, slot: mmap.mmap) -> None:
@@ -107,24 +144,29 @@ def _serve(conn: Connection, slot: mmap.mmap) -> None:
             return
         results = []
         flushed = time.perf_counter()
-        for task_id, fn_key, fn_bytes, call in batch:
+        for task_id, fn_key, fn_bytes, call, many in batch:
             started = task_id
             SLOT.pack_into(slot, 0, started, finished)
             begin = time.perf_counter()
             fn = functions.get(fn_key)
             if fn is None and fn_bytes is not None:
                 fn = functions[fn_key] = _load_function(fn_bytes)
-            ok, outcome = _run(fn, call)
+            ok, outcome = (_run_many if many else _run)(fn, call)
             end = time.perf_counter()
             finished = task_id
             SLOT.pack_into(slot, 0, started, finished)
-            results.append((task_id, ok, outcome, end - begin))
+            results.append((task_id, ok, outcome, begin, end))
             if end - flushed >= _FLUSH_SECONDS:
-                conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+                _send(conn, results)
                 results = []
                 flushed = end
         if results:
-            conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+            _send(conn, results)
+
+
+def _send(conn: Connection, results: list) -> None:
+    sys.stdout.flush()  # what the calls printed comes out before their results
+    conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:

@@ -1,0 +1,210 @@
+"""Granularity: a marked function runs forked, in chunks, or inline, by what it costs.
+
+``@implicit_fork`` turns every call into a fork, and a call of a few microseconds costs
+more to send to a process than to run.  So for the calls the rewriter forks (and only
+those: an explicit ``fork`` always forks), autofork learns each function's mean run time
+and decides per call:
+
+* unknown yet: fork; when ``2 x workers`` calls of it are already waiting, run the next
+  one inline, timed, so the cost is known at once instead of after a whole pool's delay;
+* under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; one call in
+  ``_RESAMPLE_EVERY`` is still timed, so a function that grows slower is noticed;
+* under ``_CHUNK_BELOW`` (2 ms): gather calls into a chunk of about ``_CHUNK_SECONDS`` of
+  work, sent to a worker as one task and answered as one message, each call still with
+  its own proxy; a chunk goes when it is full, when one of its results is waited for,
+  or after ``_CHUNK_WAIT`` seconds;
+* longer: fork each call;
+* a recursive call (``fib(n-1) + fib(n-2)``) forks only while a worker is idle; below
+  that it is a plain call.
+
+Only the local backend measures; elsewhere every call forks.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+from typing import Any, Callable, Optional
+
+from . import config, engine, stats, worker
+from .api import fork as _fork
+from .api import start
+from .dataflow import scan
+from .errors import call_site
+from .marks import kind_of
+from .proxy import new_proxy
+from .task import Chunk, ChunkItem, Task, _live
+
+__all__ = ["call", "flush_all"]
+
+_INLINE_BELOW = 10e-6
+_CHUNK_BELOW = 2e-3
+_CHUNK_SECONDS = 2e-3
+_CHUNK_WAIT = 2e-3
+_MAX_CHUNK = 1000
+_RESAMPLE_EVERY = 1024
+
+
+class _Function:
+    """What autofork knows of one marked function."""
+
+    __slots__ = ("eligible", "mean", "inline", "runs", "chunk", "opened", "lock")
+
+    def __init__(self, eligible: bool) -> None:
+        self.eligible = eligible  # measured and chunked here (else: always fork)
+        self.mean: Optional[float] = None
+        self.inline = False
+        self.runs = 0
+        self.chunk: Optional[Chunk] = None
+        self.opened = 0.0
+        self.lock = threading.Lock()
+
+
+_functions: dict[Any, _Function] = {}
+
+
+def _learn(fn: Callable[..., Any]) -> _Function:
+    eligible = (not worker.IN_WORKER and type(fn) is types.FunctionType
+                and kind_of(fn) == "cpu" and config.settings().backend == "local")
+    return _functions.setdefault(fn, _Function(eligible))
+
+
+def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """What a rewritten call site runs: a proxy, or the value when it ran inline."""
+    known = _functions.get(fn)
+    if known is None:
+        known = _learn(fn)
+    if known.inline:
+        known.runs += 1
+        if known.runs % _RESAMPLE_EVERY:
+            return fn(*args, **kwargs)
+        return _timed(fn, known, args, kwargs)
+    if not known.eligible:
+        return _fork(fn, *args, **kwargs)
+    pool = engine.backend().pool  # type: ignore[attr-defined]
+    if sys._getframe(1).f_code is fn.__code__ and pool.idle() == 0:
+        return fn(*args, **kwargs)  # recursion with every worker busy: a plain call
+    mean = known.mean
+    if mean is None:
+        mean = pool.mean_seconds(fn)
+        if mean is not None:
+            _settle(known, mean)
+        elif pool.pending() >= 2 * pool.size:
+            return _timed(fn, known, args, kwargs)
+    if mean is not None and mean < _CHUNK_BELOW and not scan(args, kwargs)[0]:
+        return _chunked(fn, known, args, kwargs, mean)
+    return new_proxy(start(fn, args, kwargs, "cpu"))
+
+
+def _settle(known: _Function, mean: float) -> None:
+    known.mean = mean
+    known.inline = mean < _INLINE_BELOW
+
+
+def _forget(old: Any, new: Any) -> None:
+    _functions.clear()  # the backend or AUTOFORK changed: learn again
+
+
+config.on_change(_forget)
+
+
+def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) -> Any:
+    began = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        seconds = time.perf_counter() - began
+        _settle(known, seconds if known.mean is None else 0.5 * (known.mean + seconds))
+        if stats.active:
+            stats.inline(fn.__qualname__, seconds)
+
+
+def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict,
+             mean: float) -> Any:
+    caller = sys._getframe(3)  # the rewritten call site: implicit.fork -> call -> here
+    size = max(2, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(mean, 1e-7))))
+    with known.lock:
+        chunk = known.chunk
+        if chunk is None:
+            chunk = known.chunk = Chunk(fn)
+            chunk.executor = _flusher
+            known.opened = time.monotonic()
+            _live.add(chunk)
+            _flusher.watch(fn, known)
+        items = chunk.items
+        item = ChunkItem(chunk, len(items), args, kwargs, (caller.f_code, caller.f_lineno))
+        items.append(item)
+        full = len(items) >= size
+        if full:
+            known.chunk = None
+    if full:
+        _send(chunk)
+    return new_proxy(item)  # type: ignore[arg-type]
+
+
+def _send(chunk: Chunk) -> None:
+    try:
+        engine.backend().submit(chunk)
+    except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+        from .errors import Failure
+
+        chunk.set_failure(Failure.local(exc, skip=0))
+
+
+def _flush(known: _Function) -> None:
+    with known.lock:
+        chunk, known.chunk = known.chunk, None
+    if chunk is not None:
+        _send(chunk)
+
+
+def flush_all() -> None:
+    """Send every open chunk (at exit, before waiting for what runs)."""
+    for known in list(_functions.values()):
+        if known.chunk is not None:
+            _flush(known)
+
+
+class _Flusher:
+    """Sends chunks that wait too long, and the chunk of an item somebody waits for."""
+
+    def __init__(self) -> None:
+        self._open: dict[Any, _Function] = {}
+        self._wake = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, fn: Callable[..., Any], known: _Function) -> None:
+        with self._wake:
+            self._open[fn] = known
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="autofork-chunks",
+                                                daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def steal(self, chunk: Task) -> bool:
+        """Somebody waits for a call of an open chunk: send it now (to a worker)."""
+        known = _functions.get(chunk.fn)
+        if known is not None and known.chunk is chunk:
+            _flush(known)
+        return False
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._open:
+                    self._wake.wait()
+                opened = dict(self._open)
+                self._open.clear()
+            deadline = max(known.opened for known in opened.values()) + _CHUNK_WAIT
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            for fn, known in opened.items():
+                if known.chunk is not None and time.monotonic() - known.opened >= _CHUNK_WAIT:
+                    _flush(known)
+                elif known.chunk is not None:
+                    self.watch(fn, known)
+
+
+_flusher = _Flusher()
