@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import Failure
 from .task import QUEUED, Task
@@ -16,14 +15,16 @@ class EventLoopThread:
     """One asyncio loop, run forever by a daemon thread, started on first use."""
 
     def __init__(self) -> None:
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: Optional[Any] = None  # asyncio's loop; asyncio is imported on first use
         self._lock = threading.Lock()
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
+    def _running_loop(self) -> Any:
         loop = self._loop
         if loop is None:
             with self._lock:
                 if self._loop is None:
+                    import asyncio
+
                     loop = asyncio.new_event_loop()
                     threading.Thread(target=loop.run_forever, name="autofork-asyncio",
                                      daemon=True).start()
@@ -46,6 +47,8 @@ class EventLoopThread:
         except BaseException as exc:  # noqa: BLE001
             task.set_failure(Failure.local(exc, skip=1))
             return
+        import asyncio
+
         future = asyncio.ensure_future(coroutine)
         future.add_done_callback(lambda done: _settle(task, done))
 
@@ -55,8 +58,10 @@ class EventLoopThread:
             loop.call_soon_threadsafe(loop.stop)
 
 
-def _settle(task: Task, future: "asyncio.Future") -> None:
+def _settle(task: Task, future: Any) -> None:
     if future.cancelled():
+        import asyncio
+
         task.set_failure(Failure.local(asyncio.CancelledError(), skip=0))
         return
     exc = future.exception()

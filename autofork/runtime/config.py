@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 __all__ = ["Settings", "settings", "configure", "enabled"]
 
@@ -32,15 +31,14 @@ def _default_start_method() -> str:
     return "forkserver" if sys.platform != "win32" and sys.platform != "darwin" else "spawn"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """The settings in force.  ``workers``: worker processes; ``threads``: the most I/O threads."""
 
-    workers: int = field(default_factory=_cpu_count)
+    workers: int
+    start_method: str
     threads: int = 256
     backend: str = "local"
     address: Optional[str] = None
-    start_method: str = field(default_factory=_default_start_method)
     stats: bool = False
     trace: Optional[str] = None
 
@@ -57,7 +55,7 @@ def _positive_int(name: str, value: object) -> int:
 
 def _from_environment() -> Settings:
     env = os.environ
-    base = Settings()
+    base = Settings(workers=_cpu_count(), start_method=_default_start_method())
     changes: dict[str, object] = {}
     if env.get("AUTOFORK_WORKERS"):
         changes["workers"] = _positive_int("AUTOFORK_WORKERS", env["AUTOFORK_WORKERS"])
@@ -71,7 +69,7 @@ def _from_environment() -> Settings:
         changes["start_method"] = _check_start_method(env["AUTOFORK_START_METHOD"])
     if env.get("AUTOFORK", "1").strip().lower() in ("0", "false", "no", "off"):
         changes["backend"] = "sequential"
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return base._replace(**changes)
 
 
 def _check_backend(name: str, where: str = "backend") -> str:
@@ -144,7 +142,7 @@ def configure(
         changes["trace"] = os.fspath(trace)
     with _lock:
         old = _current if _current is not None else _from_environment()
-        _current = new = replace(old, **changes)  # type: ignore[arg-type]
+        _current = new = old._replace(**changes)
     if new != old:
         for listener in list(_listeners):
             listener(old, new)

@@ -36,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import pickle
@@ -47,6 +48,11 @@ from queue import Empty, SimpleQueue
 from typing import Any, Optional
 
 from distributed import Client, Future
+
+try:
+    from distributed.client import done_callback as _done_callback
+except ImportError:  # pragma: no cover - not a public name; fall back to the public way
+    _done_callback = None
 
 from . import worker
 from .backend import Backend
@@ -291,7 +297,21 @@ class DaskBackend(Backend):
             self._running[task] = future
         self._futures[task] = future
         self._by_key[key] = task
-        future.add_done_callback(lambda done, task=task: self._done.put((task, done)))
+        self._watch(task, future)
+
+    def _watch(self, task: Task, future: Future) -> None:
+        """Put ``(task, future)`` on the collector's queue once the future is done.
+
+        ``Future.add_done_callback`` runs callbacks through a ThreadPoolExecutor, which
+        refuses work once the interpreter starts to exit (concurrent.futures' own exit
+        hook may run before ours): the tasks that autofork waits for at exit would never
+        complete.  So the callback runs on the client's event loop instead.
+        """
+        arrived = functools.partial(_arrived, self._done, task)
+        if _done_callback is None:  # pragma: no cover - a distributed without it
+            future.add_done_callback(arrived)
+        else:
+            self.client.loop.add_callback(_done_callback, future, arrived)
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -451,6 +471,10 @@ class DaskBackend(Backend):
             self.client.close(timeout=2)
         except Exception:  # noqa: BLE001 - closing must go on
             log.debug("autofork: error while closing the Dask client", exc_info=True)
+
+
+def _arrived(queue: SimpleQueue, task: Task, future: Future) -> None:
+    queue.put((task, future))
 
 
 def _unsendable(task: Task, fn: Any, error: Exception) -> TypeError:

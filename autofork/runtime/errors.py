@@ -29,7 +29,6 @@ import traceback
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from .serialize import cloud_dumps
 
 __all__ = ["AutoforkWarning", "WorkerCrashed", "RemoteError", "Frame", "Failure"]
 
@@ -154,6 +153,8 @@ class Failure:
 
 def _dump_exception(exc: BaseException) -> bytes:
     """Pickle ``exc``; when it cannot travel, pickle a RemoteError that names it instead."""
+    from .serialize import cloud_dumps
+
     try:
         data = cloud_dumps(exc)
         pickle.loads(data)  # an exception that pickles but cannot be rebuilt is no better

@@ -5,8 +5,9 @@ more to send to a process than to run.  So for the calls the rewriter forks (and
 those: an explicit ``fork`` always forks), autofork learns each function's mean run time
 and decides per call:
 
-* unknown yet: fork; when ``2 x workers`` calls of it are already waiting, run the next
-  one inline, timed, so the cost is known at once instead of after a whole pool's delay;
+* unknown yet: fork; when ``_MEASURE_AFTER`` calls are already waiting (a loop forks
+  faster than the pool starts or answers), run the next one inline, timed, so the cost
+  of a tiny function is known at once instead of after thousands of needless forks;
 * under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; one call in
   ``_RESAMPLE_EVERY`` is still timed, so a function that grows slower is noticed;
 * under ``_CHUNK_BELOW`` (2 ms): gather calls into a chunk of about ``_CHUNK_SECONDS`` of
@@ -45,6 +46,7 @@ _CHUNK_SECONDS = 2e-3
 _CHUNK_WAIT = 2e-3
 _MAX_CHUNK = 1000
 _RESAMPLE_EVERY = 1024
+_MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
 
 
 class _Function:
@@ -91,7 +93,7 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         mean = pool.mean_seconds(fn)
         if mean is not None:
             _settle(known, mean)
-        elif pool.pending() >= 2 * pool.size:
+        elif pool.pending() >= _MEASURE_AFTER:
             return _timed(fn, known, args, kwargs)
     if mean is not None and mean < _CHUNK_BELOW and not scan(args, kwargs)[0]:
         return _chunked(fn, known, args, kwargs, mean)

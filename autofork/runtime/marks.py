@@ -8,7 +8,6 @@ only sets a placement when none is set yet, so ``@implicit_fork`` stacked with
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Literal, TypeVar
 
 __all__ = ["cpu_bound", "io_bound", "unsafe", "implicit_fork", "cpu_bound_fork",
@@ -70,6 +69,15 @@ def io_bound_fork(fn: F) -> F:
 def kind_of(fn: Callable[..., Any]) -> Kind:
     """Where ``fork`` runs ``fn``: ``"async"`` for coroutine functions, else its mark, else ``"cpu"``."""
     kind = getattr(fn, _KIND, None)
-    if kind != "unsafe" and inspect.iscoroutinefunction(fn):
+    if kind != "unsafe" and _is_coroutine_function(fn):
         return "async"
     return kind or "cpu"
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & 0x80)  # CO_COROUTINE; inspect costs 7 ms to import
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)

@@ -30,10 +30,8 @@ import struct
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from .serialize import dumps
 
 __all__ = ["main", "SLOT", "IN_WORKER"]
 
@@ -41,6 +39,7 @@ SLOT = struct.Struct("qq")  # (started task id, finished task id)
 IN_WORKER = False  # True inside a worker process: CPU forks there run inline
 
 _FLUSH_SECONDS = 0.002
+dumps: Callable[[Any], bytes]  # serialize.dumps, imported by main()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -131,7 +130,7 @@ def _run_many(fn: Callable[..., Any], calls: bytes) -> tuple[bool, bytes]:
     return True, dumps(sendable)
 
 
-def _serve(conn: Connection, slot: mmap.mmap) -> None:
+def _serve(conn: Any, slot: mmap.mmap) -> None:
     functions: dict[int, Callable[..., Any]] = {}
     started = finished = -1
     while True:
@@ -164,18 +163,22 @@ def _serve(conn: Connection, slot: mmap.mmap) -> None:
             _send(conn, results)
 
 
-def _send(conn: Connection, results: list) -> None:
+def _send(conn: Any, results: list) -> None:
     sys.stdout.flush()  # what the calls printed comes out before their results
     conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     """Entry point of a worker process."""
-    global IN_WORKER
+    global IN_WORKER, dumps
+    from .serialize import dumps
+
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     sys.path[:] = path
+    from multiprocessing.connection import Connection
+
     slot = mmap.mmap(shm_fd, SLOT.size)
     conn = Connection(fd)
     try:
