@@ -38,10 +38,11 @@ runtime import joins the docstring, ``__future__`` or first statement line);
 ``with`` lines are new, and ``compile_rewritten`` maps every position of the code
 object back to the original file.
 
-Cost (``python tests/transformer_cases/bench.py``, a generated 3,000-line module with
-marks, Python 3.11, libcst 1.9): ``ast.parse`` 0.03 s, ``libcst.parse_module``
-0.24 s, ``rewrite`` 0.40 s in all (1.7x the libcst parse; the walk, decisions,
-partial rebuild and code generation together cost about 0.13 s).
+Cost (``python tests/transformer_cases/bench.py``: a generated 3,000-line module with
+214 marked functions, 214 joiners and 214 lazy values; CPU time, Python 3.11, libcst 1.9):
+``ast.parse`` 0.025 s, ``libcst.parse_module`` 0.24 s, ``rewrite`` 0.40 s (1.7x the libcst
+parse; our walk 0.02 s, the partial rebuild 0.04 s, libcst's code generation 0.10 s),
+``needs_rewrite`` 0.03 s, ``compile_rewritten`` 0.11 s (a plain ``compile`` is 0.025 s).
 """
 
 from __future__ import annotations
@@ -1516,29 +1517,25 @@ def _align(old: Sequence[str], new: Sequence[str]) -> list[tuple[str, int, int, 
 
 
 class _LineColumns:
-    """Maps the columns of one rewritten line to its original line (UTF-8 byte offsets).
+    """Maps the columns of a changed or inserted line to its original line (UTF-8 bytes).
 
-    A line that only moved sideways shifts; a changed line is aligned character by
-    character, so that text the rewriter kept keeps its columns; an inserted line spans
-    the whole original line.
+    A changed line is aligned character by character, so that text the rewriter kept
+    keeps its columns (and a traceback's carets); an inserted line spans the whole
+    original line.  (A line that only moved sideways is a plain int shift instead.)
     """
 
-    __slots__ = ("old", "new", "shift", "blocks")
+    __slots__ = ("old", "new", "blocks")
 
-    def __init__(self, old: str, new: Optional[str], shift: Optional[int]) -> None:
+    def __init__(self, old: str, new: Optional[str]) -> None:
         self.old = old
         self.new = new
-        self.shift = shift
         self.blocks: Optional[list[tuple[int, int, int]]] = None
 
     def map(self, col: int, end: bool) -> int:
-        if self.shift is not None:
-            return max(col + self.shift, 0)
         if self.new is None:
             return len(self.old.encode("utf-8")) if end else _indent_bytes(self.old)
         if self.blocks is None:
-            matcher = difflib.SequenceMatcher(None, self.old, self.new, autojunk=False)
-            self.blocks = [tuple(b) for b in matcher.get_matching_blocks() if b.size]
+            self.blocks = _char_blocks(self.old, self.new)
         x = len(self.new.encode("utf-8")[:col].decode("utf-8", "ignore"))
         return len(self.old[:self._char(x, end)].encode("utf-8"))
 
@@ -1555,31 +1552,63 @@ class _LineColumns:
         return len(self.old)
 
 
-def _line_map(original: str, rewritten: str) -> tuple[list[int], list[_LineColumns]]:
-    """For each rewritten line (1-based): the original line, and how to map its columns.
+def _char_blocks(old: str, new: str) -> list[tuple[int, int, int]]:
+    """Matching blocks (old start, new start, size) of a line and its rewrite, greedily.
+
+    The rewriter's edits on a line are short insertions (``_autofork_rt.fork(``,
+    ``_autofork_rt.unwrap(``) and ``(`` becoming ``, ``: after each difference, resume
+    at the nearest place where four characters agree again.  (difflib took half the
+    time of compile_rewritten.)
+    """
+    blocks: list[tuple[int, int, int]] = []
+    i = j = 0
+    n, m = len(old), len(new)
+    while i < n and j < m:
+        k = 0
+        while i + k < n and j + k < m and old[i + k] == new[j + k]:
+            k += 1
+        if k:
+            blocks.append((i, j, k))
+            i, j = i + k, j + k
+            continue
+        inserted = new.find(old[i:i + 4], j)        # text inserted into the line
+        deleted = old.find(new[j:j + 4], i)         # text removed from it
+        skip_new = inserted - j if inserted >= 0 else m
+        skip_old = deleted - i if deleted >= 0 else n
+        if skip_new <= skip_old and inserted >= 0:
+            j = inserted
+        elif deleted >= 0:
+            i = deleted
+        else:
+            i, j = i + 1, j + 1
+    return blocks
+
+
+def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int, _LineColumns]]]:
+    """For each rewritten line (1-based): the original line, and how to map its columns
+    (an int: the shift of a line that only moved sideways).
 
     Inserted lines belong to the statement that follows them.
     """
     old = _NEWLINE.split(original)
     new = _NEWLINE.split(rewritten)
     lines = [1] * (len(new) + 2)
-    columns = [_LineColumns("", None, 0)] * (len(new) + 2)
+    columns: list[Union[int, _LineColumns]] = [0] * (len(new) + 2)
     last = max(len(old) - 1, 0)
     for tag, i1, i2, j1, j2 in _align([s.strip() for s in old], [s.strip() for s in new]):
         for k in range(j2 - j1):
             row = j1 + k + 1
             if tag == "equal":
                 lines[row] = i1 + k + 1
-                shift = _indent_bytes(old[i1 + k]) - _indent_bytes(new[j1 + k])
-                columns[row] = _LineColumns(old[i1 + k], None, shift)
+                columns[row] = _indent_bytes(old[i1 + k]) - _indent_bytes(new[j1 + k])
             elif i2 > i1:   # replace: a changed line, aligned character by character
                 index = i1 + min(k, i2 - i1 - 1)
                 lines[row] = index + 1
-                columns[row] = _LineColumns(old[index], new[j1 + k], None)
+                columns[row] = _LineColumns(old[index], new[j1 + k])
             else:           # insert
                 index = min(i1, last)
                 lines[row] = index + 1
-                columns[row] = _LineColumns(old[index] if old else "", None, None)
+                columns[row] = _LineColumns(old[index] if old else "", None)
     return lines, columns
 
 
@@ -1599,14 +1628,24 @@ def compile_rewritten(original: str, rewritten: str, filename: str) -> types.Cod
     return compile(tree, filename, "exec", dont_inherit=True)
 
 
+# The fields of each ast node type that may hold positioned nodes: ``ctx``, ``op`` and
+# ``ops`` hold operator and context singletons, half of all nodes of a module.
+_POSITIONED_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
     lines, columns = _line_map(original, rewritten)
     top = len(lines) - 1
     node_type = ast.AST
+    fields = _POSITIONED_FIELDS
     stack: list[ast.AST] = [tree]
     while stack:   # ast.walk, inlined: this loop runs once per node of the module
         node = stack.pop()
-        for field in node._fields:
+        kind = type(node)
+        names = fields.get(kind)
+        if names is None:
+            names = fields[kind] = tuple(f for f in kind._fields if f not in ("ctx", "op", "ops"))
+        for field in names:
             value = getattr(node, field)
             if isinstance(value, list):
                 stack.extend(v for v in value if isinstance(v, node_type))
@@ -1619,7 +1658,8 @@ def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
         node.lineno = lines[lineno]
         col = getattr(node, "col_offset", -1)
         if col is not None and col >= 0:
-            node.col_offset = columns[lineno].map(col, False)
+            rule = columns[lineno]
+            node.col_offset = max(col + rule, 0) if type(rule) is int else rule.map(col, False)
         end_lineno = getattr(node, "end_lineno", None)
         if end_lineno is None:
             continue
@@ -1627,7 +1667,8 @@ def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
         node.end_lineno = lines[end_lineno]
         end_col = getattr(node, "end_col_offset", -1)
         if end_col is not None and end_col >= 0:
-            end_col = columns[end_lineno].map(end_col, True)
+            rule = columns[end_lineno]
+            end_col = max(end_col + rule, 0) if type(rule) is int else rule.map(end_col, True)
             if node.end_lineno == node.lineno and end_col < node.col_offset:
                 end_col = node.col_offset
             node.end_col_offset = end_col

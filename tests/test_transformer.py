@@ -245,6 +245,35 @@ def test_reindented_lines_keep_their_columns() -> None:
     assert tree.body, "the rewritten text parses"
 
 
+def test_changed_lines_keep_their_columns() -> None:
+    source = textwrap.dedent('''\
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def work(x):
+            return x
+
+        def main(items, boom):
+            for i in items:
+                work(i)
+            y = work(1) + boom() + work(2)
+            return y is None
+    ''')
+    rewritten = rewrite(source, "m", Recorder())
+    assert "_autofork_rt.fork(work, 1) + boom() + _autofork_rt.fork(work, 2)" in rewritten
+
+    def spans(code: types.CodeType, line: int) -> set[tuple[int, int]]:
+        main = next(c for c in code_objects(code) if c.co_name == "main")
+        return {(col, end) for start, _, col, end in main.co_positions()
+                if start == line and col is not None and end is not None}
+
+    line = source.splitlines()[9]
+    boom = (line.index("boom()"), line.index("boom()") + len("boom()"))
+    assert boom in spans(compile(source, "m.py", "exec"), 10)
+    assert boom in spans(compile_rewritten(source, rewritten, "m.py"), 10)
+    assert all(end <= len(line) for _, end in spans(compile_rewritten(source, rewritten, "m.py"), 10))
+
+
 # -------------------------------------------------------------------- generator marks
 
 
