@@ -118,12 +118,16 @@ def _finish(status: int) -> int:
 
     Only when the runtime was imported: no import, no forks, nothing to wait for.
     """
-    for name in ("autofork.runtime.lifecycle", "autofork.runtime.engine"):
-        finish = getattr(sys.modules.get(name), "finish", None)
-        if finish is not None:
-            failed = finish()  # prints each failure nobody saw; true if there was one
-            return 1 if failed and status == 0 else status
+    engine = sys.modules.get("autofork.runtime.engine")
+    if engine is not None and engine.finish():  # prints each failure nobody saw
+        return 1 if status == 0 else status
     return status
+
+
+def _interrupted() -> None:
+    engine = sys.modules.get("autofork.runtime.engine")
+    if engine is not None:
+        engine.interrupt()
 
 
 def _report(exc: BaseException) -> None:
@@ -153,8 +157,8 @@ def execute(code: types.CodeType, main: types.ModuleType) -> int:
             raise SystemExit(status) from None
         raise
     except KeyboardInterrupt as exc:
+        _interrupted()  # kill the workers first: one Ctrl-C is enough
         _report(exc)
-        _finish(130)
         return 130
     except BaseException as exc:  # noqa: BLE001 - the user's uncaught exception
         _report(exc)

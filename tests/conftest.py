@@ -24,11 +24,14 @@ def _fresh_engine():
 
 
 def run_script(tmp_path: Path, source: str, *args: str, env: dict | None = None,
-               timeout: float = 60, module: bool = False) -> subprocess.CompletedProcess:
-    """Write ``source`` to a script in tmp_path and run it with this Python."""
+               timeout: float = 60, module: bool = False,
+               options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Write ``source`` to a script in tmp_path and run it with this Python (under
+    ``python -m autofork`` with ``options`` if ``module``); ``args`` go to the script."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    command = [sys.executable, *(["-m", "autofork"] if module else []), str(script), *args]
+    command = [sys.executable, *(["-m", "autofork", *options] if module else []), str(script),
+               *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=tmp_path)

@@ -76,7 +76,7 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
         executor.submit(task)
     _live.add(task)
     if stats.active:
-        stats.forked(task.name)
+        stats.forked(task)
     tasks = _scope.get()
     if tasks is not None:
         tasks.append(task)

@@ -23,7 +23,7 @@ from .backend import Backend, create
 from .task import Task, live_tasks, unobserved_failures
 from .threads import ThreadPool
 
-__all__ = ["backend", "threads", "event_loop", "finish", "shutdown"]
+__all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt"]
 
 log = logging.getLogger("autofork")
 
@@ -105,6 +105,13 @@ def finish() -> bool:
     return bool(failures)
 
 
+def interrupt() -> None:
+    """Ctrl-C: kill every worker now; at exit, wait for nothing."""
+    global _interrupted
+    _interrupted = True
+    shutdown(kill=True)
+
+
 def _on_settings_changed(old: config.Settings, new: config.Settings) -> None:
     if (old.stats, old.trace) != (new.stats, new.trace):
         stats.start(new.stats, new.trace)
@@ -127,10 +134,8 @@ def _install_hooks() -> None:
     previous = sys.excepthook
 
     def excepthook(kind: type, value: BaseException, tb: Any) -> None:
-        global _interrupted
         if issubclass(kind, KeyboardInterrupt):
-            _interrupted = True
-            shutdown(kill=True)
+            interrupt()
         previous(kind, value, tb)
 
     sys.excepthook = excepthook

@@ -81,6 +81,8 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     if known.inline:
         known.runs += 1
         if known.runs % _RESAMPLE_EVERY:
+            if stats.active:
+                stats.inline(fn.__qualname__, known.mean or 0.0)
             return fn(*args, **kwargs)
         return _timed(fn, known, args, kwargs)
     if not known.eligible:

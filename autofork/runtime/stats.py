@@ -34,7 +34,9 @@ class _Function:
     busy: float = 0.0  # seconds spent running its calls
     first: float = float("inf")
     last: float = 0.0
-    overhead: float = 0.0  # seconds from fork to result, beyond the run time
+    forked_busy: float = 0.0  # of busy: in workers, threads or the event loop
+    overhead: float = 0.0  # seconds from fork to result beyond the run time, summed
+    timed: int = 0  # forked calls whose overhead is known
 
 
 _functions: dict[str, _Function] = {}
@@ -54,10 +56,14 @@ def _entry(name: str) -> _Function:
     return entry
 
 
-def forked(name: str) -> None:
-    """A call of ``name`` was forked."""
+_submitted: dict[int, float] = {}
+
+
+def forked(task: Any) -> None:
+    """``task`` was forked just now."""
     with _lock:
-        _entry(name).calls += 1
+        _entry(task.name).calls += 1
+        _submitted[id(task)] = time.perf_counter()
 
 
 def inline(name: str, seconds: float) -> None:
@@ -76,6 +82,11 @@ def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int
         entry = _entry(name)
         entry.places[place] = entry.places.get(place, 0) + calls
         entry.busy += end - begin
+        entry.forked_busy += end - begin
+        submitted = _submitted.pop(id(task), None)
+        if submitted is not None:
+            entry.overhead += max(0.0, time.perf_counter() - submitted - (end - begin))
+            entry.timed += 1
         entry.first = min(entry.first, begin)
         entry.last = max(entry.last, end)
         if _trace_path:
@@ -89,21 +100,30 @@ def report(stream: TextIO = sys.stderr) -> None:
     if not _functions:
         return
     print("autofork --stats", file=stream)
-    header = f"{'function':<32} {'calls':>7} {'inline':>7} {'where':<22} {'mean':>10} {'parallel':>8}"
+    header = (f"{'function':<32} {'calls':>7} {'inline':>7} {'where':<22} {'mean':>10} "
+              f"{'overhead':>10} {'parallel':>8}")
     print(header, file=stream)
     for name, entry in sorted(_functions.items()):
         ran_calls = sum(entry.places.values()) + entry.inline
         mean = entry.busy / ran_calls if ran_calls else 0.0
         span = entry.last - entry.first
-        parallel = (entry.busy - 0) / span if span > 0 else 1.0
+        parallel = entry.forked_busy / span if span > 0 else 1.0
         where = ", ".join(f"{place} {count}" for place, count in entry.places.items()) or "-"
+        overhead = _duration(entry.overhead / entry.timed) if entry.timed else "-"
         print(f"{name[:32]:<32} {entry.calls:>7} {entry.inline:>7} {where:<22} "
-              f"{_duration(mean):>10} {parallel:>7.1f}x", file=stream)
-        if entry.inline and entry.inline == entry.calls:
-            print(f"  average {_duration(mean)} per call: too small to gain from another "
-                  "process; autofork ran it inline", file=stream)
+              f"{_duration(mean):>10} {overhead:>10} {parallel:>7.1f}x", file=stream)
+        if entry.inline:
+            inline_mean = (entry.busy - sum_forked(entry)) / entry.inline
+            print(f"  average {_duration(max(inline_mean, 0.0))} per call: too small to gain "
+                  f"from another process; autofork ran it inline ({entry.inline} of "
+                  f"{entry.calls} calls)", file=stream)
         elif entry.places and parallel < 1.1 and entry.calls > 1:
             print(f"  forking {name} did not pay: its calls ran one after another", file=stream)
+
+
+def sum_forked(entry: _Function) -> float:
+    """Seconds the forked calls of ``entry`` ran (the rest of ``busy`` ran inline)."""
+    return entry.forked_busy
 
 
 def _duration(seconds: float) -> str:

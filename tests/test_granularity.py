@@ -1,0 +1,107 @@
+"""Granularity of implicit forks: tiny calls inline, short ones in chunks, long ones forked."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+
+import pytest
+
+from autofork import ResultProxy, evaluate, evaluate_all, implicit_fork
+from autofork.runtime import granularity, implicit
+from autofork.runtime.task import ChunkItem
+
+from conftest import run_script
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@implicit_fork
+def tiny(x):
+    return x + 1
+
+
+def spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@implicit_fork
+def short(x):
+    spin(100e-6)
+    if x == 777:
+        raise ValueError("item 777")
+    return x, os.getpid()
+
+
+@implicit_fork
+def fib(n):
+    return n if n < 2 else implicit.fork(fib, n - 1) + implicit.fork(fib, n - 2)
+
+
+def test_a_tiny_function_ends_up_running_inline():
+    results = [implicit.fork(tiny, i) for i in range(3000)]
+    assert evaluate_all(results) == [i + 1 for i in range(3000)]
+    assert granularity._functions[tiny].inline
+    assert type(implicit.fork(tiny, 1)) is int  # the real value: no proxy, no process
+
+
+def test_short_calls_travel_in_chunks_to_workers_and_fail_one_by_one():
+    results = [implicit.fork(short, i) for i in range(1500)]
+    chunked = [r for r in results if type(r) is ResultProxy
+               and type(r._autofork_task) is ChunkItem]
+    assert chunked, "no call was sent in a chunk"
+    for i, result in enumerate(results):
+        if i == 777:
+            with pytest.raises(ValueError, match="item 777") as info:
+                evaluate(result)
+            text = "".join(traceback.format_exception(info.value))
+            assert 'raise ValueError("item 777")' in text
+            continue
+        value, pid = evaluate(result)
+        assert value == i
+    assert {evaluate(r)[1] for r in chunked[:50]} - {os.getpid()}, "chunks ran in workers"
+
+
+def test_a_joiner_waits_for_chunked_calls_and_raises_the_first_failure():
+    with pytest.raises(ValueError, match="item 777"):
+        with implicit.Joiner() as joiner:
+            for i in range(1000):
+                joiner.fork(short, i)
+
+
+def test_recursion_forks_only_while_workers_are_idle():
+    began = time.perf_counter()
+    assert evaluate(fib(18)) == 2584
+    assert time.perf_counter() - began < 30
+
+
+def test_stats_and_trace_report_what_ran_where(tmp_path):
+    result = run_script(tmp_path, """
+        import time
+        from autofork import implicit_fork
+        from autofork.runtime import implicit
+
+        @implicit_fork
+        def work(x):
+            time.sleep(0.05)
+            return x
+
+        @implicit_fork
+        def small(x):
+            return x * 2
+
+        print(sum(implicit.fork(work, i) for i in range(6)))
+        print(sum(implicit.fork(small, i) for i in range(2000)))
+    """, module=True, options=("--stats", "--trace", str(tmp_path / "trace.json")))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "15\n3998000\n"
+    assert "work" in result.stderr and "small" in result.stderr
+    assert "ran it inline" in result.stderr  # the plain warning about the tiny function
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    tasks = [e for e in events if e.get("ph") == "X" and e["name"].endswith("work")]
+    assert len(tasks) == 6
+    assert all(e["dur"] >= 40_000 and e["pid"] != 0 for e in tasks)
