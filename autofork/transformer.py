@@ -77,6 +77,9 @@ _PREFIX = "_autofork_"
 _JOIN_VALUE_FORKS = False
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
+# A mark word on a decorator line, or given another name (``implicit_fork as par``).
+_MARK_USE = re.compile(r"^[ \t]*@[^\n]*\b(?:implicit_fork|cpu_bound_fork|io_bound_fork)\b"
+                       r"|\b(?:implicit_fork|cpu_bound_fork|io_bound_fork)\s+as\b", re.MULTILINE)
 _USED_NAME = re.compile(r"\b_autofork_\w+")
 
 
@@ -1418,7 +1421,7 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     """
     filename = filename or f"<{module_name}>"
     resolve = _MemoResolver(resolver)
-    if not _contains_mark(source):
+    if not (_contains_mark(source) and _MARK_USE.search(source)):
         # Only an import can bring a marked function in: the ast test saves the libcst
         # parse of most such modules.  (With marks, the libcst pass decides alone.)
         if "import" not in source:

@@ -138,6 +138,15 @@ def test_in_place_operators_stay_lazy_in_a_loop():
     assert items == [1, 2]
 
 
+def test_a_running_total_of_thousands_of_lazy_additions_needs_no_deep_recursion():
+    gate = fork(later, 0, 0.3)
+    total = gate
+    for i in range(5000):
+        total = total + fork(later, 1, 0)
+    assert total == 5000
+    assert sum(fork(later, i, 0) for i in range(3000)) == sum(range(3000))
+
+
 def test_context_manager_use():
     manager = p(Managed())
     with manager as inside:

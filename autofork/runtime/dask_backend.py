@@ -13,8 +13,9 @@ Data flow::
                            as a dependency of the task    fills the slots with the inputs' values
                                                            (Dask waited for them), runs f; an
                                                            exception becomes _Failed(Failure)
-    task.set_result / set_failure <-- collector thread <-- future done-callback (Dask's thread)
-                                      (gathers every finished future of a burst at once)
+    task.set_result / set_failure <-- collector thread <-- _fetch on the client's event loop
+                                                           (client.gather: Dask merges the
+                                                           gathers of a burst)
 
 Invariants:
 
@@ -36,7 +37,6 @@ Invariants:
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import pickle
@@ -44,15 +44,11 @@ import threading
 import time
 import uuid
 import weakref
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any, Optional
 
 from distributed import Client, Future
 
-try:
-    from distributed.client import done_callback as _done_callback
-except ImportError:  # pragma: no cover - not a public name; fall back to the public way
-    _done_callback = None
 
 from . import worker
 from .backend import Backend
@@ -69,6 +65,7 @@ log = logging.getLogger("autofork")
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler, at start and after losing it
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _CLIENT_HERE = False  # True in a process that runs a DaskBackend (see _run)
+_NO_VALUE = object()
 _in_task = threading.local()  # .active: this thread runs a Dask task of this very process
 
 
@@ -239,7 +236,7 @@ class DaskBackend(Backend):
         self._taken_over: set[str] = set()  # failed keys whose failure a dependent re-raised
         self._running: dict[Task, Future] = {}
         self._lock = threading.Lock()
-        self._done: "SimpleQueue[Optional[tuple[Task, Future]]]" = SimpleQueue()
+        self._done: "SimpleQueue[Optional[tuple[Task, Future, Any]]]" = SimpleQueue()
         self._closed = False
         self._threads = (0, 0.0)  # (threads in the cluster, when counted)
         self._collector = threading.Thread(target=self._collect, name="autofork-dask",
@@ -300,57 +297,38 @@ class DaskBackend(Backend):
         self._watch(task, future)
 
     def _watch(self, task: Task, future: Future) -> None:
-        """Put ``(task, future)`` on the collector's queue once the future is done.
+        """Fetch the value on the client's event loop once the task is done; queue it."""
+        self.client.loop.add_callback(self._fetch, task, future)
 
-        ``Future.add_done_callback`` runs callbacks through a ThreadPoolExecutor, which
-        refuses work once the interpreter starts to exit (concurrent.futures' own exit
-        hook may run before ours): the tasks that autofork waits for at exit would never
-        complete.  So the callback runs on the client's event loop instead.
-        """
-        arrived = functools.partial(_arrived, self._done, task)
-        if _done_callback is None:  # pragma: no cover - a distributed without it
-            future.add_done_callback(arrived)
+    async def _fetch(self, task: Task, future: Future) -> None:
+        # Runs on the client's event loop.  Concurrent gathers are merged by Dask into
+        # one request per worker.  (Not Future.add_done_callback: its thread pool refuses
+        # work once the interpreter begins to exit, before autofork's exit hook has
+        # waited for the tasks.)
+        try:
+            value = await self.client.gather(future, asynchronous=True)
+        except BaseException:  # noqa: BLE001 - the collector reads the future's status
+            self._done.put((task, future, _NO_VALUE))
         else:
-            self.client.loop.add_callback(_done_callback, future, arrived)
+            self._done.put((task, future, value))
 
     # -- receiving ---------------------------------------------------------------------
 
     def _collect(self) -> None:
-        """Complete tasks as their futures finish; gather the values of a burst at once."""
+        """Complete the tasks whose outcome ``_fetch`` queued (in this thread, not the loop's:
+        completing a task runs its done-callbacks, such as lazy operators)."""
         while True:
             item = self._done.get()
             if item is None:
                 return
-            batch = [item]
-            while True:
-                try:
-                    item = self._done.get_nowait()
-                except Empty:
-                    break
-                if item is None:
-                    self._done.put(None)
-                    break
-                batch.append(item)
+            task, future, value = item
             try:
-                self._complete_batch(batch)
+                if value is _NO_VALUE:
+                    self._complete_one(task, future)
+                elif self._release(task):
+                    task.set_result(value)
             except BaseException:  # noqa: BLE001 - the collector must go on
-                log.exception("autofork: error while collecting Dask results")
-
-    def _complete_batch(self, batch: list[tuple[Task, Future]]) -> None:
-        finished = [(t, f) for t, f in batch if f.status == "finished"]
-        others = [(t, f) for t, f in batch if f.status != "finished"]
-        if len(finished) > 1:
-            try:
-                values = self.client.gather([f for _, f in finished])
-            except Exception:  # noqa: BLE001 - find out which one, one by one
-                others = finished + others
-            else:
-                for (task, _), value in zip(finished, values):
-                    if self._release(task):
-                        task.set_result(value)
-                finished = []
-        for task, future in finished + others:
-            self._complete_one(task, future)
+                log.exception("autofork: error while completing %s()", task.name)
 
     def _release(self, task: Task) -> bool:
         """True for the one caller that is to complete ``task``."""
@@ -471,10 +449,6 @@ class DaskBackend(Backend):
             self.client.close(timeout=2)
         except Exception:  # noqa: BLE001 - closing must go on
             log.debug("autofork: error while closing the Dask client", exc_info=True)
-
-
-def _arrived(queue: SimpleQueue, task: Task, future: Future) -> None:
-    queue.put((task, future))
 
 
 def _unsendable(task: Task, fn: Any, error: Exception) -> TypeError:

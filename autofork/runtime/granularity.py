@@ -132,6 +132,9 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
     with known.lock:
         chunk = known.chunk
         if chunk is None:
+            latest = engine.backend().pool.mean_seconds(fn)  # type: ignore[attr-defined]
+            if latest is not None:
+                _settle(known, latest)  # what the last chunks measured
             chunk = known.chunk = Chunk(fn)
             chunk.executor = _flusher
             known.opened = time.monotonic()
@@ -140,6 +143,8 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
         items = chunk.items
         item = ChunkItem(chunk, len(items), args, kwargs, (caller.f_code, caller.f_lineno))
         items.append(item)
+        if stats.active:
+            stats.forked(item, timed=False)
         full = len(items) >= size
         if full:
             known.chunk = None

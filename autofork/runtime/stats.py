@@ -59,11 +59,12 @@ def _entry(name: str) -> _Function:
 _submitted: dict[int, float] = {}
 
 
-def forked(task: Any) -> None:
-    """``task`` was forked just now."""
+def forked(task: Any, timed: bool = True) -> None:
+    """``task`` was forked just now (``timed``: its result will come back through ``ran``)."""
     with _lock:
         _entry(task.name).calls += 1
-        _submitted[id(task)] = time.perf_counter()
+        if timed:
+            _submitted[id(task)] = time.perf_counter()
 
 
 def inline(name: str, seconds: float) -> None:

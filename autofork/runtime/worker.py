@@ -146,10 +146,10 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
         for task_id, fn_key, fn_bytes, call, many in batch:
             started = task_id
             SLOT.pack_into(slot, 0, started, finished)
-            begin = time.perf_counter()
             fn = functions.get(fn_key)
             if fn is None and fn_bytes is not None:
                 fn = functions[fn_key] = _load_function(fn_bytes)
+            begin = time.perf_counter()
             ok, outcome = (_run_many if many else _run)(fn, call)
             end = time.perf_counter()
             finished = task_id
