@@ -150,6 +150,26 @@ def test_needs_rewrite_marks_and_relative_imports() -> None:
     assert not needs_rewrite("from autofork import implicit_fork\n(", "m", resolver)
 
 
+def test_the_cheap_test_never_imports_libcst() -> None:
+    import subprocess
+
+    script = textwrap.dedent('''\
+        import sys
+        from autofork import transformer
+        resolver = {"helpers": {"other": "cpu"}}.get
+        source = "import os\\nfrom helpers import thing\\nprint(os.sep)  # implicit_fork\\n"
+        assert not transformer.needs_rewrite(source, "m", resolver)
+        assert transformer.rewrite(source, "m", resolver) is source
+        assert transformer.marked_functions("from autofork import implicit_fork\\n") == {}
+        print("libcst" in sys.modules)
+    ''')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_rewrite_returns_the_same_object_when_nothing_to_do() -> None:
     for source in ("x = 1\n", "import os\nos.getcwd()\n", "# implicit_fork\nimport json\n",
                    "from autofork import implicit_fork\n\n@implicit_fork\ndef f(): pass\n"):
