@@ -33,6 +33,22 @@ bodies, so an ``except`` clause or a context manager sees a fork's exception as 
 saw the sequential one.  Value-producing calls inside a ``try``/``with`` body are
 left plain: a lazy proxy would carry their exception out of the block.
 
+What is rewritten: calls of marked functions defined in the module (top level, nested,
+recursive), imported by ``from m import f [as g]`` (relative ones too) or called as
+``m.f(...)`` / ``pkg.sub.f(...)`` after ``import``, ``self.m(...)`` of a marked method of
+the enclosing class, with any arguments (``*args``, ``**kwargs``), in any expression
+(lambdas and comprehensions included).  What is left plain, on purpose:
+
+- a name bound in the scope to anything else as well (parameter, assignment, loop or
+  comprehension variable, ``except``/``with`` target, import, ``del``, a ``global`` or
+  ``nonlocal`` rebinding elsewhere, a star import that may come after the def);
+- marked generators and async generators (a warning names them at import);
+- ``await f(...)``, a discarded call of a local ``async def`` (it only made a coroutine);
+- a call directly under ``is``, ``type()``, ``id()`` or as a ``match`` subject;
+- a discarded call in a class body; a value call in a ``try`` or ``with`` body;
+- ``obj.m(...)`` on anything but ``self``, ``super().m()``, ``Class.m(obj)``, a function
+  re-exported by a module that only imports it, a mark applied as ``f = implicit_fork(g)``.
+
 Line numbers: inserted statements go on existing lines where that is natural (the
 runtime import joins the docstring, ``__future__`` or first statement line);
 ``with`` lines are new, and ``compile_rewritten`` maps every position of the code
