@@ -46,11 +46,11 @@ def main(chunks: int = 8, size: int = 40_000, base: int = 10_000_000) -> None:
     for start in starts:
         counts.append(count_primes(start, start + size))  # forked under python -m autofork
     total = sum(counts)
+    print(f"primes in [{base}, {base + chunks * size}): {total}")  # waits for the counts
+    print("per range:", counts)
     elapsed = time.perf_counter() - began
 
     assert counts == baseline
-    print(f"primes in [{base}, {base + chunks * size}): {total}")
-    print("per range:", counts)
     # Timings go to stderr: stdout stays identical sequentially and in parallel.
     print(f"sequential {sequential:.2f} s, this run {elapsed:.2f} s: "
           f"speed-up {sequential / elapsed:.2f}x on {os.cpu_count()} cores", file=sys.stderr)
