@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable
 
 from . import config, stats
 from .aio import EventLoopThread
@@ -28,65 +28,48 @@ __all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt"
 log = logging.getLogger("autofork")
 
 _lock = threading.RLock()
-_backend: Optional[Backend] = None
-_threads: Optional[ThreadPool] = None
-_loop: Optional[EventLoopThread] = None
+_parts: dict[str, Any] = {}  # "backend", "threads", "loop": started on first use
 _hooks_installed = False
 _failed_at_exit = False
 _interrupted = False
 
 
+def _part(name: str, make: Callable[[config.Settings], Any]) -> Any:
+    part = _parts.get(name)
+    if part is None:
+        with _lock:
+            part = _parts.get(name)
+            if part is None:
+                _install_hooks()
+                part = _parts[name] = make(config.settings())
+    return part
+
+
 def backend() -> Backend:
     """The backend for CPU-bound forks, started on first use."""
-    global _backend
-    current = _backend
-    if current is None:
-        with _lock:
-            if _backend is None:
-                _install_hooks()
-                _backend = create(config.settings())
-            current = _backend
-    return current
+    return _part("backend", create)
 
 
 def threads() -> ThreadPool:
     """The thread pool for I/O-bound forks."""
-    global _threads
-    current = _threads
-    if current is None:
-        with _lock:
-            if _threads is None:
-                _install_hooks()
-                _threads = ThreadPool(config.settings().threads)
-            current = _threads
-    return current
+    return _part("threads", lambda settings: ThreadPool(settings.threads))
 
 
 def event_loop() -> EventLoopThread:
     """The background event loop for coroutines."""
-    global _loop
-    current = _loop
-    if current is None:
-        with _lock:
-            if _loop is None:
-                _install_hooks()
-                _loop = EventLoopThread()
-            current = _loop
-    return current
+    return _part("loop", lambda settings: EventLoopThread())
 
 
 def shutdown(kill: bool = False) -> None:
     """Close the pools (after their work, or at once with ``kill``); they restart on demand."""
-    global _backend, _threads, _loop
     with _lock:
-        parts: list[Any] = [_backend, _threads, _loop]
-        _backend = _threads = _loop = None
+        parts = list(_parts.values())
+        _parts.clear()
     for part in parts:
-        if part is not None:
-            try:
-                part.shutdown(kill=kill) if isinstance(part, Backend) else part.close(kill=kill)
-            except Exception:  # noqa: BLE001 - closing must go on
-                log.exception("autofork: error while closing %r", part)
+        try:
+            part.shutdown(kill=kill) if isinstance(part, Backend) else part.close(kill=kill)
+        except Exception:  # noqa: BLE001 - closing must go on
+            log.exception("autofork: error while closing %r", part)
 
 
 def finish() -> bool:
