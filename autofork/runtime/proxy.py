@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import operator
 import os
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar, no_type_check
 
 from .task import DONE, Task
 
@@ -29,7 +29,10 @@ __all__ = ["ResultProxy", "new_proxy", "unwrap"]
 T = TypeVar("T")
 
 
-def _value(proxy: "ResultProxy") -> Any:
+# Functions that take or return proxies are not checked by typeguard (the test suite's
+# --typeguard-packages): checking a proxy's type reads __class__, which waits for the value.
+@no_type_check
+def _value(proxy: Any) -> Any:
     return proxy._autofork_task.result()
 
 
@@ -46,6 +49,7 @@ class ResultProxy(Generic[T]):
     # -- what the value is --------------------------------------------------------------
 
     @property  # type: ignore[misc]
+    @no_type_check
     def __class__(self) -> type:  # noqa: D401 - isinstance() reads this
         return type(_value(self))
 
@@ -130,6 +134,7 @@ def _resolve_future(future: Any) -> None:
 _set_task = ResultProxy._autofork_task.__set__  # type: ignore[attr-defined]
 
 
+@no_type_check
 def new_proxy(task: Task) -> ResultProxy:
     """A proxy for ``task`` (faster than calling the class)."""
     proxy = object.__new__(ResultProxy)
@@ -137,6 +142,7 @@ def new_proxy(task: Task) -> ResultProxy:
     return proxy
 
 
+@no_type_check
 def unwrap(obj: Any) -> Any:
     """The real value of a proxy (waiting for it); any other object as it is."""
     if type(obj) is ResultProxy:
@@ -149,7 +155,7 @@ def unwrap(obj: Any) -> Any:
 def _waiting(name: str, function: Callable[..., Any]) -> None:
     """A dunder that waits for the value, unwraps proxy arguments and calls ``function``."""
 
-    def method(self: ResultProxy, *args: Any) -> Any:
+    def method(self: Any, *args: Any) -> Any:  # Any: see _value
         return function(_value(self), *map(unwrap, args))
 
     method.__name__ = method.__qualname__ = name
@@ -190,10 +196,8 @@ ResultProxy.__call__ = lambda self, *args, **kwargs: _value(self)(  # type: igno
 def _lazy(name: str, function: Callable[..., Any], reflected: bool = False) -> None:
     """An operator that returns a new proxy at once when an operand is still pending."""
 
-    def method(self: ResultProxy, *others: Any) -> Any:
+    def method(self: Any, *others: Any) -> Any:  # Any: see _value
         operands = (*others, self) if reflected else (self, *others)
-        from .lazy import apply
-
         return apply(function, operands)
 
     method.__name__ = method.__qualname__ = name
@@ -219,3 +223,5 @@ for _name, _function in {"neg": operator.neg, "pos": operator.pos,
     _lazy(f"__{_name}__", _function)
 
 del _name, _function
+
+from .lazy import apply  # noqa: E402 - lazy builds on this module's new_proxy and unwrap
