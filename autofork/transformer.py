@@ -87,10 +87,10 @@ _RUNTIME_MODULE = "autofork.runtime"
 _RUNTIME_NAME = "implicit"
 _PREFIX = "_autofork_"
 
-# Value-producing forks inside a try/with body would need the body's Joiner to track
-# them; the runtime interface only promises that Joiner joins discarded forks, so
-# those calls stay plain (sequential and correct) until it does.
-_JOIN_VALUE_FORKS = False
+# Value-producing forks inside a try/with body go through the body's Joiner too
+# (``Joiner.fork`` returns the proxy and joins it when the body ends), so the same
+# ``except`` clauses and context managers see their exceptions.
+_JOIN_VALUE_FORKS = True
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 # A mark word on a decorator line, or given another name (``implicit_fork as par``).
@@ -1183,7 +1183,7 @@ class _Analyzer:
             if site.context != "plain":
                 self._decide_call(site)
         for scope, name, call in self.assigned:
-            if self.rewrites.get(id(call), "") is None:
+            if id(call) in self.rewrites:  # a plain or a joined fork: a proxy either way
                 scope.fork_names.add(name)
         for use in self.name_uses:
             if use.needs_builtin is not None and self.lookup(use.scope, use.needs_builtin)[0] is not None:
@@ -1205,9 +1205,13 @@ class _Analyzer:
                 return    # sequentially it only creates a coroutine and drops it
             self.rewrites[id(site.call)] = self._joiner(site)
         else:
-            if site.region.kind in ("try", "with") and not _JOIN_VALUE_FORKS:
-                return
-            self.rewrites[id(site.call)] = None
+            if site.region.kind in ("try", "with"):
+                if not _JOIN_VALUE_FORKS:
+                    return
+                # Joined with the body, so its exception surfaces inside the body.
+                self.rewrites[id(site.call)] = self._joiner(site)
+            else:
+                self.rewrites[id(site.call)] = None
         self.dirty.update(map(id, site.path))
 
     def _joiner(self, site: _CallSite) -> str:

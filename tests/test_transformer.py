@@ -1451,9 +1451,10 @@ def three(cm):
     )
 
 
-def test_try_value_stays_plain() -> None:
-    """A value call in a try or with body stays plain: a proxy would carry its exception out."""
-    unchanged(
+def test_try_value_is_joined_inside_the_body() -> None:
+    """A value call in a try or with body is forked through the body's Joiner, which
+    finishes it before the body ends: the same except clause sees its exception."""
+    check(
         """\
 from autofork import implicit_fork
 
@@ -1469,6 +1470,25 @@ def main(x):
         r = None
     with open(x) as fh:
         data = work(fh)
+    return r, data
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def main(x):
+    try:
+        with _autofork_rt.Joiner() as _autofork_j1:
+            r = _autofork_j1.fork(work, x)
+    except ValueError:
+        r = None
+    with open(x) as fh:
+        with _autofork_rt.Joiner() as _autofork_j2:
+            data = _autofork_j2.fork(work, fh)
     return r, data
 """,
     )
@@ -1673,3 +1693,34 @@ with _autofork_rt.Joiner() as _autofork_j1:
         _autofork_j1.fork(helpers.work, 1)
 """, resolver={'helpers': {'work': 'io'}},
     )
+
+
+def test_value_forks_in_a_try_body_run_in_parallel_and_fail_into_its_except(tmp_path: Path) -> None:
+    module = load(
+        """\
+import os, time
+from autofork import io_bound_fork
+
+@io_bound_fork
+def slow(x):
+    time.sleep(0.2)
+    if x == 3:
+        raise KeyError(x)
+    return x
+
+def main():
+    began = time.perf_counter()
+    try:
+        results = []
+        for i in range(6):
+            results.append(slow(i))
+    except KeyError as error:
+        return "caught", error.args, time.perf_counter() - began
+    return "not caught", None, 0
+""",
+        "try_values",
+        tmp_path,
+    )
+    outcome, args, seconds = module.main()
+    assert (outcome, args) == ("caught", (3,))
+    assert seconds < 0.8  # six calls of 0.2 s ran side by side, not one after another

@@ -43,8 +43,8 @@ class Joiner:
     def __enter__(self) -> "Joiner":
         return self
 
-    def fork(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
-        """Fork a call whose value is not used; it is joined at the block's end."""
+    def fork(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Fork a call that is joined at the block's end; returns its proxy (or value)."""
         result = call(fn, args, kwargs)
         if type(result) is ResultProxy:
             tasks = self._tasks
@@ -52,6 +52,7 @@ class Joiner:
             if len(tasks) >= _PRUNE_AT:
                 # Keep memory flat in long loops: drop what finished well.
                 tasks[:] = [t for t in tasks if t.state != DONE or t.failure is not None]
+        return result
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
         if kind is not None and not issubclass(kind, Exception):
