@@ -115,6 +115,21 @@ def test_exceptions_keep_their_type_and_read_like_the_sequential_traceback():
     assert text.index("proxy = fork(fail") < text.index("raise ValueError(message)")
 
 
+def raise_from(message):
+    try:
+        {}["missing"]
+    except KeyError as error:
+        raise ValueError(message) from error
+
+
+def test_a_chained_cause_travels_back_from_the_worker():
+    with pytest.raises(ValueError, match="wrapped") as info:
+        evaluate(fork(raise_from, "wrapped"))
+    assert type(info.value.__cause__) is KeyError
+    text = "".join(traceback.format_exception(info.value))
+    assert '{}["missing"]' in text and "direct cause" in text
+
+
 def test_each_evaluation_raises_a_fresh_traceback():
     proxy = fork(fail, "again")
     lengths = []

@@ -103,12 +103,16 @@ class Failure:
     and no frame of the worker keeps memory alive).
     """
 
-    __slots__ = ("payload", "frames", "site", "_local", "_local_tb")
+    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb")
 
-    def __init__(self, payload: bytes, frames: list[Frame], site: Frame | None = None) -> None:
+    def __init__(self, payload: bytes, frames: list[Frame], site: Frame | None = None,
+                 cause: tuple[bool, Failure] | None = None) -> None:
         self.payload = payload
         self.frames = frames
         self.site = site
+        # (explicit, failure): what ``raise ... from`` (True) or an ``except`` block
+        # (False) chained to the exception in the worker; pickling loses it otherwise.
+        self.cause = cause
         self._local: BaseException | None = None
         self._local_tb: TracebackType | None = None
 
@@ -117,7 +121,7 @@ class Failure:
         """Describe ``exc``, dropping the first ``skip`` frames (the runner's own)."""
         frames = [Frame(f.filename, f.lineno or 0, f.name)
                   for f in traceback.extract_tb(exc.__traceback__)[skip:]]
-        return cls(_dump_exception(exc), frames)
+        return cls(_dump_exception(exc), frames, None, _chained(exc, _CHAIN_DEPTH))
 
     @classmethod
     def local(cls, exc: BaseException, skip: int = 1) -> Failure:
@@ -133,8 +137,8 @@ class Failure:
     def __reduce__(self) -> tuple[Any, ...]:
         if self._local is not None:
             shipped = Failure.capture(self._local.with_traceback(self._local_tb), skip=0)
-            return (Failure, (shipped.payload, shipped.frames, self.site))
-        return (Failure, (self.payload, self.frames, self.site))
+            return (Failure, (shipped.payload, shipped.frames, self.site, shipped.cause))
+        return (Failure, (self.payload, self.frames, self.site, self.cause))
 
     def exception(self) -> BaseException:
         """A fresh exception of the original type, with the sequential-looking traceback."""
@@ -146,9 +150,30 @@ class Failure:
             remote_tb = None
             for frame in reversed(self.frames):
                 remote_tb = _synthetic_tb(frame, remote_tb)
+            if self.cause is not None:
+                explicit, cause = self.cause
+                if explicit:
+                    exc.__cause__ = cause.exception()
+                else:
+                    exc.__context__ = cause.exception()
         if self.site is not None:
             remote_tb = _synthetic_tb(self.site, remote_tb)
         return exc.with_traceback(remote_tb)
+
+
+_CHAIN_DEPTH = 5
+
+
+def _chained(exc: BaseException, depth: int) -> tuple[bool, Failure] | None:
+    """The exception chained to ``exc`` (its cause, else its unsuppressed context)."""
+    explicit = exc.__cause__ is not None
+    chained = exc.__cause__ if explicit else (
+        None if exc.__suppress_context__ else exc.__context__)
+    if chained is None or depth == 0:
+        return None
+    frames = [Frame(f.filename, f.lineno or 0, f.name)
+              for f in traceback.extract_tb(chained.__traceback__)]
+    return explicit, Failure(_dump_exception(chained), frames, None, _chained(chained, depth - 1))
 
 
 def _dump_exception(exc: BaseException) -> bytes:

@@ -145,8 +145,8 @@ def new_proxy(task: Task) -> ResultProxy:
 @no_type_check
 def unwrap(obj: Any) -> Any:
     """The real value of a proxy (waiting for it); any other object as it is."""
-    if type(obj) is ResultProxy:
-        return obj._autofork_task.result()
+    while type(obj) is ResultProxy:  # a call may return a proxy of another call
+        obj = obj._autofork_task.result()
     return obj
 
 
