@@ -287,3 +287,23 @@ def test_evaluate_leaves_other_objects_alone():
     marker = object()
     assert evaluate(marker) is marker
     assert evaluate_all([1, fork(add, 1, 1)]) == [1, 2]
+
+
+def size_of(data):
+    return len(data)
+
+
+def test_a_large_immutable_argument_is_pickled_once_and_sent_once_per_worker():
+    from autofork.runtime import engine
+
+    big = b"x" * (8 << 20)
+    results = [fork(size_of, big) for _ in range(40)]
+    assert evaluate_all(results) == [len(big)] * 40
+    pool = engine.backend().pool
+    assert len(pool._blobs.data) == 1  # pickled once, kept under one key
+    text = "y" * (2 << 20)
+    assert fork(size_of, text) == len(text)
+    mutable = bytearray(b"z" * (2 << 20))  # mutable: sent anew, so a change is seen
+    first = fork(size_of, mutable)
+    mutable.extend(b"zz")
+    assert (first, fork(size_of, mutable)) == (2 << 20, (2 << 20) + 2)

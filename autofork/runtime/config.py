@@ -5,7 +5,6 @@ overrides it.  Changing pool sizes or the backend closes the running pools (afte
 work is done); the next fork starts new ones.
 """
 
-from __future__ import annotations
 
 import os
 import sys

@@ -37,6 +37,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import pickle
@@ -55,10 +56,10 @@ from .backend import Backend
 from .dataflow import scan, when_ready
 from .errors import Failure, WorkerCrashed
 from .proxy import ResultProxy
-from .serialize import _Pickler as _CloudPickler
+from . import serialize
 from .task import DONE, Task
 
-__all__ = ["DaskBackend", "DaskConnectionError", "CONNECT_TIMEOUT"]
+__all__ = ["DaskBackend", "DaskConnectionError", "client", "CONNECT_TIMEOUT"]
 
 log = logging.getLogger("autofork")
 
@@ -168,7 +169,11 @@ class _CallPickler(pickle.Pickler):
         return slot
 
 
-class _CloudCallPickler(_CloudPickler):
+# cloudpickle's Pickler that keeps file names (named _Pickler before serialize made it public)
+_CloudPickler: Any = getattr(serialize, "Pickler", None) or getattr(serialize, "_Pickler")
+
+
+class _CloudCallPickler(_CloudPickler):  # type: ignore[misc,valid-type]
     """The same, for what plain pickle cannot take (lambdas, ``__main__`` functions)."""
 
     def __init__(self, file: Any, backend: "DaskBackend") -> None:
@@ -235,6 +240,7 @@ class DaskBackend(Backend):
         self._by_key: "weakref.WeakValueDictionary[str, Task]" = weakref.WeakValueDictionary()
         self._taken_over: set[str] = set()  # failed keys whose failure a dependent re-raised
         self._running: dict[Task, Future] = {}
+        self._unwatched: list[tuple[Task, Future]] = []
         self._lock = threading.Lock()
         self._done: "SimpleQueue[Optional[tuple[Task, Future, Any]]]" = SimpleQueue()
         self._closed = False
@@ -282,7 +288,7 @@ class DaskBackend(Backend):
             return  # cancelled meanwhile
         status = self.client.status
         if self._closed or status != "running":
-            task.set_failure(self._lost_failure(task, status))
+            task.set_failure(self._lost_failure(task, f"the Dask client is {status}"))
             return
         key = f"{task.name.replace('-', '_')}-{uuid.uuid4().hex}"
         try:
@@ -297,8 +303,22 @@ class DaskBackend(Backend):
         self._watch(task, future)
 
     def _watch(self, task: Task, future: Future) -> None:
-        """Fetch the value on the client's event loop once the task is done; queue it."""
-        self.client.loop.add_callback(self._fetch, task, future)
+        """Fetch the value on the client's event loop once the task is done; queue it.
+
+        The loop is woken once per burst of forks, not once per fork (each wake-up is a
+        write to its self-pipe and a thread switch).
+        """
+        with self._lock:
+            self._unwatched.append((task, future))
+            first = len(self._unwatched) == 1
+        if first:
+            self.client.loop.add_callback(self._watch_all)
+
+    def _watch_all(self) -> None:
+        with self._lock:
+            batch, self._unwatched = self._unwatched, []
+        for task, future in batch:
+            asyncio.ensure_future(self._fetch(task, future))
 
     async def _fetch(self, task: Task, future: Future) -> None:
         # Runs on the client's event loop.  Concurrent gathers are merged by Dask into
@@ -347,11 +367,15 @@ class DaskBackend(Backend):
                 return
         elif future.status == "error":
             failure = self._error_failure(task, future)
-        else:  # cancelled: by the scheduler going away, or by someone's cancel()
-            failure = self._lost_failure(task, f"Dask future {future.status}")
+        elif future.status in ("pending", "lost") and self.client.status == "running":
+            self._watch(task, future)  # its data was lost with a worker: Dask recomputes it
+            return
+        else:  # cancelled: the scheduler went away (or someone cancelled the key)
+            failure = self._lost_failure(task, _cancel_reason(future))
         if self._release(task):
             task.set_failure(failure)
-            if task.failure is not None and future.key in self._taken_over:
+            if future.key in self._taken_over:
+                self._taken_over.discard(future.key)
                 task.mark_observed()
 
     def _error_failure(self, task: Task, future: Future) -> Failure:
@@ -449,6 +473,31 @@ class DaskBackend(Backend):
             self.client.close(timeout=2)
         except Exception:  # noqa: BLE001 - closing must go on
             log.debug("autofork: error while closing the Dask client", exc_info=True)
+
+
+def client() -> Client:
+    """The Dask client of autofork's dask backend (connected on first use).
+
+    For what autofork does not do by itself, such as sending a large argument once::
+
+        [data] = client().scatter([big], broadcast=True)   # a Dask future
+        results = [fork(work, data, i) for i in range(100)]  # Dask passes the data along
+    """
+    from . import engine
+
+    backend = engine.backend()
+    if not isinstance(backend, DaskBackend):
+        raise RuntimeError("autofork's backend is not dask; first configure(backend='dask', "
+                           "address='tcp://host:8786') or set AUTOFORK_BACKEND=dask")
+    return backend.client
+
+
+def _cancel_reason(future: Future) -> str:
+    try:
+        future.result(timeout=1)
+    except BaseException as error:  # noqa: BLE001 - FutureCancelledError names the reason
+        return f"{type(error).__name__}: {error}".replace("\n", " ")
+    return f"Dask future {future.status}"
 
 
 def _unsendable(task: Task, fn: Any, error: Exception) -> TypeError:

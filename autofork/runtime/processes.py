@@ -23,6 +23,7 @@ until it knows better), keeping at most two batches in flight per worker.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import mmap
@@ -40,7 +41,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
 from .errors import Failure, WorkerCrashed
-from .serialize import cloud_dumps, dumps
+from .serialize import Pickler, cloud_dumps, dumps
 from . import stats
 from .task import QUEUED, Chunk, Task
 from .worker import SLOT
@@ -72,7 +73,8 @@ class _Worker:
         os.close(child_end)
         os.close(shm_fd)
         self.conn = Connection(parent_end)
-        self.held: dict[int, tuple[Task, int, bytes]] = {}  # sent, unanswered, in send order
+        self.held: dict[int, tuple] = {}  # queue entries sent, unanswered, in send order
+        self.blobs: set[int] = set()  # keys of the large arguments this worker holds
         self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
         self.known: set[int] = set()  # keys of the functions this worker has
 
@@ -164,7 +166,8 @@ class ProcessPool:
 
     def __init__(self, workers: int) -> None:
         self.size = workers
-        self._queue: deque[tuple[Task, int, bytes]] = deque()
+        self._queue: deque[tuple[Task, int, bytes, tuple]] = deque()  # task, fn key, call, blobs
+        self._blobs = _Blobs()
         self._workers: dict[Connection, _Worker] = {}
         self._functions = _FunctionCache()
         self._data: dict[int, bytes] = {}
@@ -195,11 +198,14 @@ class ProcessPool:
                             f"process: {type(error).__name__}: {error}. Mark it @io_bound to "
                             "run it in a thread of this process.") from error
         self._data[key] = data
-        call = _pickle_chunk(task) if type(task) is Chunk else _pickle_call(task, args)
+        if type(task) is Chunk:
+            call, blobs = _pickle_chunk(task), ()
+        else:
+            call, blobs = _pickle_call(task, args, self._blobs)
         task.executor = self
         if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
             self._wait_for_room()
-        self._queue.append((task, key, call))
+        self._queue.append((task, key, call, blobs))
         if self._thread is None:
             self._start()
         if self._sleeping:
@@ -305,19 +311,22 @@ class ProcessPool:
         batch = []
         size = self._batch_size()
         while self._queue and len(batch) < size:
-            task, key, call = self._queue.popleft()
+            entry = self._queue.popleft()
+            task, key, call, blobs = entry
             if not task.claim():
                 continue  # a waiting thread took it
             batch.append((id(task), key, None if key in worker.known else self._data[key], call,
-                          type(task) is Chunk))
+                          type(task) is Chunk, self._blobs.missing(worker.blobs, blobs),
+                          bool(blobs)))
             worker.known.add(key)
-            worker.held[id(task)] = (task, key, call)
+            worker.held[id(task)] = entry
         if not batch:
             return False
         worker.batches.append(len(batch))
         self.busy += len(batch)
+        forget = self._blobs.forgotten(worker.blobs)
         try:
-            worker.conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            worker.conn.send_bytes(pickle.dumps((forget, batch), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:
             pass  # the worker is dead: _receive sees EOF and settles what it held
         return True
@@ -337,7 +346,7 @@ class ProcessPool:
             return
         self._failed_starts = 0
         for task_id, ok, outcome, begin, end in pickle.loads(message):
-            task, key, _ = worker.held.pop(task_id)
+            task, key, _, _ = worker.held.pop(task_id)
             worker.take_outcome()
             self.busy -= 1
             calls = len(task.items) if type(task) is Chunk else 1  # type: ignore[attr-defined]
@@ -367,13 +376,13 @@ class ProcessPool:
         worker.close()
         if not self._killing:
             log.warning("a worker process died (%s); starting another", cause)
-        for task, _, _ in running:
+        for task, *_ in running:
             task.set_failure(_crash_failure(task, cause, ""))
-        for task, _, _ in done:
+        for task, *_ in done:
             task.set_failure(_crash_failure(task, cause, "the call had finished, but its "
                                             "result was lost with the worker"))
         if self._killing:
-            for task, _, _ in later:
+            for task, *_ in later:
                 task.set_failure(_crash_failure(task, cause, "autofork was shutting down"))
             return
         for entry in reversed(later):
@@ -397,12 +406,12 @@ class ProcessPool:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
-            for task, _, _ in worker.held.values():
+            for task, *_ in worker.held.values():
                 task.set_failure(_crash_failure(task, _describe_exit(worker.process.returncode),
                                                 "autofork was shutting down"))
             worker.close()
         self._workers = {}
-        for task, _, _ in list(self._queue):
+        for task, *_ in list(self._queue):
             if task.claim():
                 task.set_failure(_crash_failure(task, "not started", "autofork was shutting down"))
         self._queue.clear()
@@ -422,11 +431,95 @@ def _crash_failure(task: Task, cause: str, detail: str) -> Failure:
     return Failure(cloud_dumps(error), [], task.site)
 
 
-def _pickle_call(task: Task, args: tuple) -> bytes:
+def _pickle_call(task: Task, args: tuple, blobs: Optional[_Blobs] = None) -> tuple[bytes, tuple]:
+    """The pickled call, and the keys of the large arguments it refers to."""
+    kwargs = task.kwargs
+    large = {id(a): a for a in (*args, *kwargs.values()) if _is_blob(a)} if blobs else None
     try:
-        return dumps((args, task.kwargs))
+        if not large:
+            return dumps((args, kwargs)), ()
+        keys = {ident: blobs.key(value) for ident, value in large.items()}  # type: ignore[union-attr]
+        with io.BytesIO() as buffer:
+            pickler = _RefPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+            pickler.refs = keys
+            pickler.dump((args, kwargs))
+            return buffer.getvalue(), tuple(keys.values())
     except Exception as error:  # noqa: BLE001
         raise _unpicklable(task, error) from error
+
+
+# -- large arguments, sent once per worker ----------------------------------------------
+
+_BLOB_BYTES = 1 << 20  # an immutable argument this large is pickled once and sent once
+_BLOB_BUDGET = 512 << 20  # the most bytes of such arguments kept for the workers
+
+
+def _is_blob(value: Any) -> bool:
+    """A large value that cannot change: bytes, str, or a read-only NumPy array.
+
+    Only immutable values qualify: a list or a writable array may change between two
+    forks, and each call must see it as it was when it was forked.
+    """
+    kind = type(value)
+    if kind is bytes or kind is str:
+        return len(value) >= _BLOB_BYTES
+    if kind.__name__ == "ndarray" and kind.__module__ == "numpy":
+        return not value.flags.writeable and value.nbytes >= _BLOB_BYTES
+    return False
+
+
+class _RefPickler(Pickler):
+    """Pickles a call, writing its large arguments as references to blobs."""
+
+    refs: dict[int, int] = {}
+
+    def persistent_id(self, obj: Any) -> Optional[int]:
+        return self.refs.get(id(obj))
+
+
+class _Blobs:
+    """Large immutable arguments, pickled once, each sent at most once to each worker.
+
+    Kept (with a reference to the value, so that its id stays its own) until
+    ``_BLOB_BUDGET`` is passed; then the oldest go, and the workers forget them too.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Any, int]] = {}
+        self.data: dict[int, bytes] = {}
+        self._keys = itertools.count()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def key(self, value: Any) -> int:
+        entry = self._by_id.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            key = next(self._keys)
+            self._by_id[id(value)] = (value, key)
+            self.data[key] = data
+            self._size += len(data)
+            while self._size > _BLOB_BUDGET and len(self._by_id) > 1:
+                ident = next(iter(self._by_id))
+                _, old = self._by_id.pop(ident)
+                self._size -= len(self.data.pop(old))
+        return key
+
+    def missing(self, known: set[int], keys: tuple) -> Optional[list]:
+        """(key, data) of the blobs among ``keys`` that a worker does not hold yet."""
+        if not keys:
+            return None
+        send = [(key, self.data[key]) for key in keys if key not in known]
+        known.update(keys)
+        return send
+
+    def forgotten(self, known: set[int]) -> list[int]:
+        """Keys a worker holds that are gone from here: the worker may drop them."""
+        gone = [key for key in known if key not in self.data] if known else []
+        known.difference_update(gone)
+        return gone
 
 
 def _pickle_chunk(chunk: Chunk) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["dumps", "cloud_dumps"]
+__all__ = ["dumps", "cloud_dumps", "Pickler"]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _RENAMED = "<dynamic-code>"
@@ -28,7 +28,9 @@ def _code_reduce(code: types.CodeType) -> Any:
     return (constructor, args, *reduced[2:])
 
 
-class _Pickler(cloudpickle.Pickler):
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle's Pickler, keeping the file names of code sent by value."""
+
     dispatch_table = ChainMap({types.CodeType: _code_reduce},
                               cloudpickle.Pickler.dispatch_table)
 
@@ -36,7 +38,7 @@ class _Pickler(cloudpickle.Pickler):
 def cloud_dumps(obj: Any) -> bytes:
     """cloudpickle, keeping the file names of code sent by value."""
     with io.BytesIO() as buffer:
-        _Pickler(buffer, protocol=_PROTOCOL).dump(obj)
+        Pickler(buffer, protocol=_PROTOCOL).dump(obj)
         return buffer.getvalue()
 
 

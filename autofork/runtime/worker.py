@@ -5,11 +5,14 @@ interpreter: the user's script is never re-run, and no thread of the parent is f
 
 Protocol, one pickled list per message over a ``multiprocessing.connection.Connection``:
 
-    parent -> worker   [(task_id, fn_key, fn_bytes or None, call_bytes, many), ...] | None
+    parent -> worker   (forget, [(task_id, fn_key, fn_bytes or None, call_bytes, many,
+                                 new_blobs, refs), ...]) | None (stop)
     worker -> parent   [(task_id, ok, outcome_bytes, begin, end), ...]
 
 ``call_bytes`` is one pickled ``(args, kwargs)``, or with ``many`` a list of them (a chunk
 of short calls, see ``granularity``), answered by one pickled list of ``(ok, value)``.
+A large immutable argument travels once per worker as a blob (``new_blobs``: key, data);
+a call that ``refs`` blobs names them by key; ``forget`` lists keys the worker may drop.
 
 ``fn_bytes`` is sent once per function and worker; afterwards ``fn_key`` finds it in the
 worker's cache.  Before each call the worker writes the task id into shared memory
@@ -22,6 +25,7 @@ PR_SET_PDEATHSIG on Linux, and by a watchdog thread everywhere.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import pickle
@@ -30,7 +34,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 __all__ = ["main", "SLOT", "IN_WORKER"]
@@ -95,10 +99,27 @@ def _unsendable(fn: Callable[..., Any], exc: BaseException) -> bytes:
     return _failure(error)
 
 
-def _run(fn: Callable[..., Any], call: bytes) -> tuple[bool, bytes]:
+class _BlobUnpickler(pickle.Unpickler):
+    """Reads a call whose large arguments were sent once, as blobs (see processes._Blobs)."""
+
+    blobs: dict[int, Any] = {}
+
+    def persistent_load(self, key: Any) -> Any:
+        return self.blobs[key]
+
+
+def _load_call(call: bytes, blobs: Optional[dict]) -> Any:
+    if blobs is None:
+        return pickle.loads(call)
+    unpickler = _BlobUnpickler(io.BytesIO(call))
+    unpickler.blobs = blobs
+    return unpickler.load()
+
+
+def _run(fn: Callable[..., Any], call: bytes, blobs: Optional[dict] = None) -> tuple[bool, bytes]:
     """One call: (True, pickled value) or (False, pickled Failure)."""
     try:
-        args, kwargs = pickle.loads(call)
+        args, kwargs = _load_call(call, blobs)
     except BaseException as exc:  # noqa: BLE001
         return False, _failure(exc)
     ok, value = _call(fn, args, kwargs)
@@ -132,25 +153,31 @@ def _run_many(fn: Callable[..., Any], calls: bytes) -> tuple[bool, bytes]:
 
 def _serve(conn: Any, slot: mmap.mmap) -> None:
     functions: dict[int, Callable[..., Any]] = {}
+    blobs: dict[int, Any] = {}  # large arguments, sent once
     started = finished = -1
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        batch = pickle.loads(message)
-        if batch is None:
+        message = pickle.loads(message)
+        if message is None:
             return
+        forget, batch = message
+        for key in forget:
+            blobs.pop(key, None)
         results = []
         flushed = time.perf_counter()
-        for task_id, fn_key, fn_bytes, call, many in batch:
+        for task_id, fn_key, fn_bytes, call, many, new_blobs, refs in batch:
+            for key, data in new_blobs or ():
+                blobs[key] = pickle.loads(data)
             started = task_id
             SLOT.pack_into(slot, 0, started, finished)
             fn = functions.get(fn_key)
             if fn is None and fn_bytes is not None:
                 fn = functions[fn_key] = _load_function(fn_bytes)
             begin = time.perf_counter()
-            ok, outcome = (_run_many if many else _run)(fn, call)
+            ok, outcome = _run_many(fn, call) if many else _run(fn, call, blobs if refs else None)
             end = time.perf_counter()
             finished = task_id
             SLOT.pack_into(slot, 0, started, finished)
