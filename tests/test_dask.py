@@ -7,6 +7,7 @@ retry policy) for everything that keeps it whole, and a strict one (one worker,
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from autofork import ResultProxy, WorkerCrashed, evaluate, fork, io_bound
+from autofork import ResultProxy, WorkerCrashed, evaluate, evaluate_all, fork, io_bound
 from autofork.runtime import config, engine
 
 from dask_cluster import ROOT, Cluster, free_port, parent_pid
@@ -162,6 +163,19 @@ def test_lazy_operators_and_dataflow_do_not_block_the_caller(dask):
 
     with pytest.raises(ValueError, match="early"):
         evaluate(fork(add, fork(fail, "early"), 1))
+
+    async def awaiting():
+        return await fork(add, 20, 2)
+
+    assert asyncio.run(awaiting()) == 22
+
+
+def test_a_dask_future_passes_as_an_argument_so_large_data_can_be_sent_once(dask):
+    from autofork.runtime.dask_backend import client
+
+    [data] = client().scatter([bytes(1_000_000)], broadcast=True)
+    assert evaluate_all(fork(len, data) for _ in range(3)) == [1_000_000] * 3
+    assert evaluate(fork(total, [fork(len, data), {"k": 1}])) == 1_000_001
 
 
 def _user_frames(exc: BaseException) -> list[tuple[str, str]]:
