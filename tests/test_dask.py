@@ -13,13 +13,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from pathlib import Path
 
 import pytest
 
-from autofork import ResultProxy, WorkerCrashed, evaluate, evaluate_all, fork, io_bound
+from autofork import (RemoteError, ResultProxy, WorkerCrashed, evaluate, evaluate_all, fork,
+                      io_bound)
 from autofork.runtime import config, engine
 
 from dask_cluster import ROOT, Cluster, free_port, parent_pid
@@ -52,6 +54,23 @@ def total(items):
 
 def fail(message):
     raise ValueError(message)
+
+
+class HoldsALock(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable():
+    raise HoldsALock()
+
+
+def raise_chained():
+    try:
+        {}["key"]
+    except KeyError as error:
+        raise ValueError("wrapped") from error
 
 
 def nested():
@@ -204,6 +223,12 @@ def test_exception_type_and_traceback_read_as_on_the_local_backend(dask):
     finally:
         config.configure(backend="dask", address=dask.address)
     assert _user_frames(on_dask.value) == _user_frames(locally.value)
+
+    with pytest.raises(ValueError, match="wrapped") as chained:
+        evaluate(fork(raise_chained))
+    assert isinstance(chained.value.__cause__, KeyError)
+    with pytest.raises(RemoteError, match="HoldsALock: holds a lock"):
+        evaluate(fork(raise_unpicklable))
 
 
 def test_a_worker_killed_mid_task_is_retried_on_another_worker(dask, tmp_path):

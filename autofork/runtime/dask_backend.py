@@ -132,10 +132,12 @@ def _run(key: str, call: bytes, *inputs: Any) -> Any:
         return fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         failure = Failure.capture(exc, skip=1)
-        summary = f"{type(exc).__qualname__}: {exc}"
-        raise _Failed(failure, key, summary[:500]) from None
+        summary = f"{type(exc).__qualname__}: {exc}"[:500]
     finally:
         _in_task.active = False
+    # Raised outside the except block, so it has no __context__: Dask pickles an error
+    # with its whole chain (tblib), and the user's exception may not pickle at all.
+    raise _Failed(failure, key, summary)
 
 
 # -- the caller's side ----------------------------------------------------------------
