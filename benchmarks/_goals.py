@@ -529,7 +529,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "import": imported}))
 
 
 def goal_7(quick: bool) -> Iterator[Row]:
-    reps = 2 if quick else 5
+    reps = 2 if quick else 7
     folder = Path(tempfile.mkdtemp(prefix="autofork-bench-"))
     env = user_env()
     try:

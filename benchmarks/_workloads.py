@@ -58,9 +58,9 @@ def pause(seconds):
 
 def calibrate(seconds: float, fn=plain_busy) -> int:
     """The ``k`` for which one call ``fn(k)`` takes about ``seconds`` here."""
-    def per_call(k: int, calls: int) -> float:
+    def per_call(k: int, calls: int, tries: int = 3) -> float:
         best = float("inf")
-        for _ in range(3):
+        for _ in range(tries):
             start = time.perf_counter()
             for _ in range(calls):
                 fn(k)
@@ -69,4 +69,12 @@ def calibrate(seconds: float, fn=plain_busy) -> int:
 
     fixed = per_call(0, 20000)
     step = (per_call(20000, 5) - fixed) / 20000
-    return max(0, round((seconds - fixed) / step))
+    k = max(1, round((seconds - fixed) / step))
+    calls = max(1, min(20000, int(0.02 / seconds)))
+    tries = 3 if seconds < 0.01 else 1
+    for _ in range(3):  # refine at the size itself: the cost per step is not quite linear
+        took = per_call(k, calls, tries)
+        if abs(took - seconds) < 0.02 * seconds or took <= fixed:
+            break
+        k = max(1, round(k * (seconds - fixed) / (took - fixed)))
+    return k
