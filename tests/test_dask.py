@@ -314,7 +314,7 @@ def test_python_m_autofork_with_the_dask_backend_runs_main_functions_on_the_work
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
         [sys.executable, "-m", "autofork", "--backend", "dask", "--address", dask.address,
-         str(script)], capture_output=True, text=True, timeout=45, env=env, cwd=tmp_path)
+         "--stats", str(script)], capture_output=True, text=True, timeout=45, env=env, cwd=tmp_path)
     lines = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
     workers = set(dask.worker_pids().values())
     assert lines["PIDS"] and {int(p) for p in lines["PIDS"]} <= workers, done.stderr
@@ -325,6 +325,8 @@ def test_python_m_autofork_with_the_dask_backend_runs_main_functions_on_the_work
     assert "value = broken(0)" in done.stderr  # the call site, in the script's own file
     assert "return 1 / x" in done.stderr      # the raising line, from a __main__ function
     assert "<dynamic-code>" not in done.stderr
+    [row] = [line for line in done.stderr.splitlines() if line.startswith("where ")]
+    assert "dask 4" in row  # --stats: the four calls ran on Dask
 
 
 def test_without_distributed_the_dask_backend_says_what_to_install(tmp_path):

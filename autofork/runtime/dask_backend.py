@@ -6,7 +6,7 @@ I/O-bound forks and coroutines stay on this machine's threads and event loop.
 
 Data flow::
 
-    fork(f, x) --submit--> pickle (f, args, kwargs) ------ client.submit(_run, key, call, *futures)
+    fork(f, x) --submit--> pickle (f, args, kwargs) -- client.submit(_run, key, call, timed, *futures)
                            a proxy of a task that runs                       |
                            on Dask is pickled as a slot;                     v
                            its Dask future goes along     Dask worker: _run unpickles the call,
@@ -22,9 +22,10 @@ Invariants:
 * Each task accepted here is completed exactly once: ``_running`` holds the tasks sent
   to Dask, and whoever pops a task from it (the collector, or ``shutdown``) completes it.
 * Dataflow uses Dask's own dependency tracking: a proxy whose task runs on Dask travels
-  as its Dask future, at any depth inside the arguments, and the caller never waits.
-  Only a pending input that Dask does not know (an I/O-bound fork, a lazy operator)
-  holds the task here until it is ready (``dataflow.when_ready``, no thread blocks).
+  as its Dask future (at any depth: the pickler sees every object), and the caller never
+  waits.  Only a pending input that Dask does not know (an I/O-bound fork, a lazy
+  operator) holds the task here until it is ready (``dataflow.when_ready``; no thread
+  blocks).
 * A failed input fails the dependent call with the input's failure: on Dask the dependent
   task errs with the input's ``_Failed`` exception without running.
 * The function and arguments are pickled here, with autofork's pickler (cloudpickle
@@ -40,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import pickle
 import threading
 import time
@@ -51,7 +53,7 @@ from typing import Any, Optional
 from distributed import Client, Future
 
 
-from . import worker
+from . import stats, worker
 from .backend import Backend
 from .dataflow import scan, when_ready
 from .errors import Failure, WorkerCrashed
@@ -118,10 +120,24 @@ class _CallUnpickler(pickle.Unpickler):
         self.inputs = inputs
 
     def persistent_load(self, slot: Any) -> Any:
-        return self.inputs[slot]
+        value = self.inputs[slot]
+        return value.value if type(value) is _Timed else value
 
 
-def _run(key: str, call: bytes, *inputs: Any) -> Any:
+class _Timed:
+    """A value with when and where it was computed: what ``_run`` returns under ``--stats``
+    or ``--trace`` (wall-clock times, so that they compare across machines)."""
+
+    __slots__ = ("value", "begin", "end", "pid")
+
+    def __init__(self, value: Any, begin: float, end: float, pid: int) -> None:
+        self.value, self.begin, self.end, self.pid = value, begin, end, pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Timed, (self.value, self.begin, self.end, self.pid))
+
+
+def _run(key: str, call: bytes, timed: bool, *inputs: Any) -> Any:
     """Runs on a Dask worker: unpickle ``(fn, args, kwargs)``, fill in the inputs, call."""
     if _CLIENT_HERE:  # a cluster inside this very process (threads): flag this thread only
         _in_task.active = True
@@ -129,7 +145,11 @@ def _run(key: str, call: bytes, *inputs: Any) -> Any:
         worker.IN_WORKER = True  # nested CPU forks run inline in this worker process
     try:
         fn, args, kwargs = _CallUnpickler(call, inputs).load()
-        return fn(*args, **kwargs)
+        if not timed:
+            return fn(*args, **kwargs)
+        begin = time.time()
+        value = fn(*args, **kwargs)
+        return _Timed(value, begin, time.time(), os.getpid())
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         failure = Failure.capture(exc, skip=1)
         summary = f"{type(exc).__qualname__}: {exc}"[:500]
@@ -294,7 +314,8 @@ class DaskBackend(Backend):
             return
         key = f"{task.name.replace('-', '_')}-{uuid.uuid4().hex}"
         try:
-            future = self.client.submit(_run, key, call, *futures, key=key, pure=False)
+            future = self.client.submit(_run, key, call, stats.active, *futures, key=key,
+                                        pure=False)
         except Exception as error:  # noqa: BLE001 - the client closed under us
             task.set_failure(self._lost_failure(task, f"{type(error).__name__}: {error}"))
             return
@@ -348,7 +369,7 @@ class DaskBackend(Backend):
                 if value is _NO_VALUE:
                     self._complete_one(task, future)
                 elif self._release(task):
-                    task.set_result(value)
+                    task.set_result(_untimed(task, value))
             except BaseException:  # noqa: BLE001 - the collector must go on
                 log.exception("autofork: error while completing %s()", task.name)
 
@@ -365,7 +386,7 @@ class DaskBackend(Backend):
                 failure = self._fetch_failure(task, future, error)
             else:
                 if self._release(task):
-                    task.set_result(value)
+                    task.set_result(_untimed(task, value))
                 return
         elif future.status == "error":
             failure = self._error_failure(task, future)
@@ -492,6 +513,15 @@ def client() -> Client:
         raise RuntimeError("autofork's backend is not dask; first configure(backend='dask', "
                            "address='tcp://host:8786') or set AUTOFORK_BACKEND=dask")
     return backend.client
+
+
+def _untimed(task: Task, value: Any) -> Any:
+    """The value; under ``--stats``, recorded with where and when it was computed."""
+    if type(value) is not _Timed:
+        return value
+    offset = time.time() - time.perf_counter()  # wall clock -> perf_counter
+    stats.ran(task, "dask", value.pid, value.begin - offset, value.end - offset)
+    return value.value
 
 
 def _cancel_reason(future: Future) -> str:
