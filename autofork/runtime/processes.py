@@ -75,6 +75,7 @@ class _Worker:
         self.conn = Connection(parent_end)
         self.held: dict[int, tuple] = {}  # queue entries sent, unanswered, in send order
         self.blobs: set[int] = set()  # keys of the large arguments this worker holds
+        self.answered: dict[int, tuple[Task, int]] = {}  # answered, being completed
         self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
         self.known: set[int] = set()  # keys of the functions this worker has
 
@@ -82,7 +83,10 @@ class _Worker:
         """(id of the call begun last, id of the call finished last), -1 for none."""
         return SLOT.unpack_from(self.shm, 0)
 
-    def take_outcome(self) -> None:
+    def held_done(self, task_id: int) -> None:
+        """The worker answered ``task_id``: move it from the held calls to ``answered``."""
+        task, key, _, _ = self.held.pop(task_id)
+        self.answered[task_id] = (task, key)
         self.batches[0] -= 1
         if self.batches[0] == 0:
             self.batches.popleft()
@@ -181,6 +185,9 @@ class ProcessPool:
         self.busy = 0  # calls sent and not yet answered
         self._failed_starts = 0  # workers in a row that died before running anything
         self._room_freed = threading.Condition()
+        # Held by whoever sends or books answers: the dispatcher, or a forking thread
+        # that sends straight to an idle worker (_send_direct).
+        self._send_lock = threading.Lock()
         self._blocked = 0  # callers waiting for room in the queue
 
     # -- the caller's side ---------------------------------------------------------
@@ -208,9 +215,27 @@ class ProcessPool:
         self._queue.append((task, key, call, blobs))
         if self._thread is None:
             self._start()
-        if self._sleeping:
+        if self._sleeping and not self._send_direct():
             self._sleeping = False
             os.write(self._wake_w, b"\0")
+
+    def _send_direct(self) -> bool:
+        """While the dispatcher sleeps, hand the queue to an idle worker from this thread.
+
+        Saves two thread switches per call when calls come one at a time (a chain of
+        dependent forks, a recursion).  True when nothing is left for the dispatcher.
+        """
+        if threading.current_thread() is self._thread:
+            return False
+        with self._send_lock:
+            if not self._queue:
+                return True  # the dispatcher took it meanwhile
+            if not self._sleeping or self._closing:
+                return False
+            for worker in self._workers.values():
+                if not worker.batches:
+                    return self._send_batch(worker) and not self._queue
+        return False
 
     def _wait_for_room(self) -> None:
         """Back-pressure: a loop that forks faster than the workers finish waits here."""
@@ -271,7 +296,8 @@ class ProcessPool:
         try:
             while True:
                 if not self._killing:
-                    self._send_work()
+                    with self._send_lock:
+                        self._send_work()
                 if self._closing and (self._killing or not self._queue and self.busy == 0):
                     break
                 self._sleeping = True
@@ -345,10 +371,13 @@ class ProcessPool:
             self._crashed(worker)
             return
         self._failed_starts = 0
-        for task_id, ok, outcome, begin, end in pickle.loads(message):
-            task, key, _, _ = worker.held.pop(task_id)
-            worker.take_outcome()
-            self.busy -= 1
+        outcomes = pickle.loads(message)
+        with self._send_lock:  # the books; the tasks are completed outside the lock
+            for entry in outcomes:
+                worker.held_done(entry[0])
+            self.busy -= len(outcomes)
+        for task_id, ok, outcome, begin, end in outcomes:
+            task, key = worker.answered.pop(task_id)
             calls = len(task.items) if type(task) is Chunk else 1  # type: ignore[attr-defined]
             seconds = (end - begin) / calls
             mean = self._means.get(key)
@@ -363,6 +392,10 @@ class ProcessPool:
                 task.set_result(pickle.loads(outcome))
 
     def _crashed(self, worker: _Worker) -> None:
+        with self._send_lock:
+            self._settle_crash(worker)
+
+    def _settle_crash(self, worker: _Worker) -> None:
         cause = _describe_exit(worker.process.wait())
         if worker.progress()[0] == -1:
             self._failed_starts += 1
