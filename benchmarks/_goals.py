@@ -74,6 +74,14 @@ def _failed(row_ids: list[str], error: BaseException) -> Iterator[Row]:
         yield Row(row_id, status=status)
 
 
+def _warm(run: Callable[[], Any]) -> None:
+    """Warm a pool up; a failure is left for the measured runs to report in their row."""
+    try:
+        run()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _joblib() -> Any:
     from joblib import Parallel, delayed
 
@@ -87,7 +95,7 @@ def goal_1(quick: bool) -> Iterator[Row]:
 
     n, reps = (3000, 2) if quick else (20000, 5)
     pool = ThreadPoolExecutor()
-    evaluate_all([fork(w.io_noop, i) for i in range(200)])
+    _warm(lambda: evaluate_all([fork(w.io_noop, i) for i in range(200)]))
     [f.result() for f in [pool.submit(w.io_noop, i) for i in range(200)]]
 
     def autofork_one() -> float:
@@ -142,8 +150,6 @@ def goal_2(quick: bool) -> Iterator[Row]:
     context = _context()
     ppe = ProcessPoolExecutor(2, mp_context=context)
     pool = context.Pool(2)
-    contenders: dict[str, Callable[[], float]] = {}
-
     def autofork_batch() -> float:
         start = time.perf_counter()
         evaluate_all([fork(w.noop, i) for i in range(n)])
@@ -166,7 +172,8 @@ def goal_2(quick: bool) -> Iterator[Row]:
         [w.noop(i) for i in range(n)]
         return time.perf_counter() - start
 
-    contenders = {"autofork": autofork_batch, "PPE": ppe_batch, "Pool": pool_batch}
+    contenders: dict[str, Callable[[], float]] = {
+        "autofork": autofork_batch, "PPE": ppe_batch, "Pool": pool_batch}
     try:
         Parallel, delayed = _joblib()
         parallel = Parallel(n_jobs=2)  # batch_size="auto"
@@ -182,12 +189,8 @@ def goal_2(quick: bool) -> Iterator[Row]:
     contenders["plain"] = plain_batch
 
     # Warm every pool (start its workers, send it the function) before the clock runs.
-    warm = {name: run for name, run in contenders.items()}
-    for name, run in warm.items():
-        try:
-            run()
-        except Exception:  # noqa: BLE001 - race() records it
-            pass
+    for run in contenders.values():
+        _warm(run)
     results = race(contenders, reps)
     ppe.shutdown()
     pool.terminate()
@@ -213,7 +216,7 @@ def goal_3(quick: bool) -> Iterator[Row]:
     k20, k1 = w.calibrate(20e-6), w.calibrate(1e-6)
     ppe = ProcessPoolExecutor(2, mp_context=_context())
     list(ppe.map(w.noop, range(100)))
-    evaluate_all([fork(w.noop, i) for i in range(100)])  # warm, but busy() is new to it
+    _warm(lambda: evaluate_all([fork(w.noop, i) for i in range(100)]))  # busy() is new to it
     try:
         Parallel, delayed = _joblib()
         Parallel(n_jobs=2)(delayed(w.noop)(i) for i in range(100))
@@ -590,7 +593,7 @@ def goal_8(quick: bool) -> Iterator[Row]:
 
     configure(workers=2)
     pending_n = 2000
-    evaluate_all([fork(w.noop, i) for i in range(200)])
+    _warm(lambda: evaluate_all([fork(w.noop, i) for i in range(200)]))
 
     def pending_cost(submit: Callable[..., Any], settle: Callable[[list], Any],
                      done: Callable[[Any], bool]) -> float:
