@@ -9,7 +9,7 @@ and decides per call:
   faster than the pool starts or answers), run the next one inline, timed, so the cost
   of a tiny function is known at once instead of after thousands of needless forks;
 * under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; one call in
-  ``_RESAMPLE_EVERY`` is still timed, so a function that grows slower is noticed;
+  1,024 is still timed, so a function that grows slower is noticed;
 * under ``_CHUNK_BELOW`` (2 ms): gather calls into a chunk of about ``_CHUNK_SECONDS`` of
   work, sent to a worker as one task and answered as one message, each call still with
   its own proxy; a chunk goes when it is full, when one of its results is waited for,
@@ -45,7 +45,7 @@ _CHUNK_BELOW = 2e-3
 _CHUNK_SECONDS = 2e-3
 _CHUNK_WAIT = 2e-3
 _MAX_CHUNK = 1000
-_RESAMPLE_EVERY = 1024
+_SAMPLE_MASK = 1023  # an inline function is timed again once in 1,024 calls
 _MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
 
 
@@ -80,7 +80,7 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         known = _learn(fn)
     if known.inline:
         known.runs += 1
-        if known.runs % _RESAMPLE_EVERY:
+        if known.runs & _SAMPLE_MASK:
             if stats.active:
                 stats.inline(fn.__qualname__, known.mean or 0.0)
             return fn(*args, **kwargs)

@@ -283,17 +283,19 @@ class ProcessPool:
         with self._lock:
             if self._thread is not None:
                 return
-            path = list(sys.path)
-            for _ in range(self.size):
-                worker = _Worker(path)
-                self._workers[worker.conn] = worker
-            log.info("started %d worker processes", self.size)
-            self._thread = threading.Thread(target=self._dispatch, name="autofork-dispatcher",
-                                            daemon=True)
+            # The workers start in the dispatcher thread: the forking thread goes on at
+            # once (a loop of tiny calls is measured and run inline meanwhile).
+            self._thread = threading.Thread(target=self._dispatch, args=(list(sys.path),),
+                                            name="autofork-dispatcher", daemon=True)
             self._thread.start()
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, path: list[str]) -> None:
         try:
+            for _ in range(self.size):
+                worker = _Worker(path)
+                with self._send_lock:
+                    self._workers[worker.conn] = worker
+            log.info("started %d worker processes", self.size)
             while True:
                 if not self._killing:
                     with self._send_lock:
