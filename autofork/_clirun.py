@@ -104,6 +104,11 @@ def compile_program(program: Program, rewrite: bool) -> types.CodeType:
             raise NoProgram(f"{sys.executable}: No code object available for {program.spec.name}")
         return code
     if rewrite:
+        if b"implicit_fork" in program.data or b"cpu_bound_fork" in program.data:
+            # CPU forks are coming: start the workers while the script is being rewritten.
+            from autofork.runtime import engine
+
+            engine.prestart()
         directory = os.path.dirname(program.path)
         resolver = importhook.make_resolver(search_path=[directory] if program.spec is None else [])
         code, _ = importhook.rewrite_code(program.data, program.path, "__main__",

@@ -375,9 +375,12 @@ def goal_5(quick: bool) -> Iterator[Row]:
                         "plain": contender("plain", [])}, reps)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    note = (f"fib({n}) alone: autofork {inner.get('autofork', float('nan')):.3f} s, "
-            f"plain {inner.get('plain', float('nan')):.3f} s; best of {reps}")
-    yield _row("5", results, 1.0, ["plain"], ("plain", "autofork"), note)
+    # The goal is about the recursion: the figures are fib(n) itself, timed inside each
+    # run; the whole runs (interpreter, libcst and the rewrite included) go in the note.
+    note = (f"fib({n}) timed inside the script; whole runs: autofork "
+            f"{results.get('autofork', float('nan')):.3f} s, plain "
+            f"{results.get('plain', float('nan')):.3f} s; best of {reps}")
+    yield _row("5", dict(inner), 1.0, ["plain"], ("plain", "autofork"), note)
 
 
 def w_fib(n: int) -> int:

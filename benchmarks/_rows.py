@@ -29,7 +29,7 @@ SPECS: dict[str, tuple[str, str, str, str, float]] = {
            "autofork / plain", "ratio<=", 1.1),
     "4": ("coarse: 8 calls of 250 ms, fresh process, start-up included", "s",
           "plain / autofork", "ratio>=", 1.9),
-    "5": ("recursion: fib(32) under python -m autofork, whole run", "s",
+    "5": ("recursion: fib(32) under python -m autofork, timed in the script", "s",
           "plain / autofork", "ratio>=", 1.5),
     "6a": ("I/O: 200 concurrent @io_bound sleeps of 50 ms, cold pool", "s",
            "autofork / TPE(200)", "value<=", 0.08),

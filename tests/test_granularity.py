@@ -105,3 +105,24 @@ def test_stats_and_trace_report_what_ran_where(tmp_path):
     tasks = [e for e in events if e.get("ph") == "X" and e["name"].endswith("work")]
     assert len(tasks) == 6
     assert all(e["dur"] >= 40_000 and e["pid"] != 0 for e in tasks)
+
+
+def test_a_rewritten_recursion_runs_as_plain_code_in_the_workers(tmp_path):
+    result = run_script(tmp_path, """
+        import os
+        from autofork import evaluate, implicit_fork
+
+        @implicit_fork
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        @implicit_fork
+        def probe():
+            return os.getpid(), fib.__code__.co_names
+
+        print(fib(22))
+        pid, names = evaluate(probe())
+        print(pid != os.getpid(), any(name.startswith("_autofork") for name in names))
+    """, module=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "17711\\nTrue False\\n"

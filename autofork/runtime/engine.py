@@ -23,7 +23,7 @@ from .backend import Backend, create
 from .task import Task, live_tasks, unobserved_failures
 from .threads import ThreadPool
 
-__all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt"]
+__all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt", "prestart"]
 
 log = logging.getLogger("autofork")
 
@@ -58,6 +58,13 @@ def threads() -> ThreadPool:
 def event_loop() -> EventLoopThread:
     """The background event loop for coroutines."""
     return _part("loop", lambda settings: EventLoopThread())
+
+
+def prestart() -> None:
+    """Start the worker processes now, in the background (rewritten code is about to fork)."""
+    current = config.settings()
+    if current.backend == "local":
+        backend().pool.start()  # type: ignore[attr-defined]
 
 
 def shutdown(kill: bool = False) -> None:
@@ -157,8 +164,8 @@ def _report() -> None:
 
 @atexit.register
 def _exit_status() -> None:
-    # Registered when autofork is imported, so it runs after the handlers registered
-    # later; a failure printed at exit must make the exit status non-zero.
+    # Registered when the runtime is first used, so it runs after the handlers
+    # registered later; a failure printed at exit must make the exit status non-zero.
     if _failed_at_exit:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -166,3 +173,7 @@ def _exit_status() -> None:
             except Exception:  # noqa: BLE001
                 pass
         os._exit(1)
+
+
+# Settings made before this module was first imported (the CLI's --stats, say).
+_on_settings_changed(config.settings()._replace(stats=False, trace=None), config.settings())

@@ -15,8 +15,9 @@ and decides per call:
   its own proxy; a chunk goes when it is full, when one of its results is waited for,
   or after ``_CHUNK_WAIT`` seconds;
 * longer: fork each call;
-* a recursive call (``fib(n-1) + fib(n-2)``) forks only while a worker is idle; below
-  that it is a plain call.
+* a function that calls itself (``fib(n-1) + fib(n-2)``) forks only while a worker is
+  idle; a call from outside runs in the caller, so that its recursive calls spread over
+  the workers; with every worker busy, a call runs as the plain function (``plain``).
 
 Only the local backend measures; elsewhere every call forks.
 """
@@ -35,6 +36,7 @@ from .api import start
 from .dataflow import scan
 from .errors import call_site
 from .marks import kind_of
+from .plain import for_workers
 from .proxy import new_proxy
 from .task import Chunk, ChunkItem, Task, _live
 
@@ -52,10 +54,13 @@ _MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
 class _Function:
     """What autofork knows of one marked function."""
 
-    __slots__ = ("eligible", "mean", "inline", "runs", "chunk", "opened", "lock")
+    __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "runs", "chunk", "opened",
+                 "lock")
 
-    def __init__(self, eligible: bool) -> None:
+    def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
+        self.recursive = recursive  # it calls itself (by its global name)
+        self.plain: Optional[Callable[..., Any]] = None  # its plain version, once needed
         self.mean: Optional[float] = None
         self.inline = False
         self.runs = 0
@@ -70,7 +75,8 @@ _functions: dict[Any, _Function] = {}
 def _learn(fn: Callable[..., Any]) -> _Function:
     eligible = (not worker.IN_WORKER and type(fn) is types.FunctionType
                 and kind_of(fn) == "cpu" and config.settings().backend == "local")
-    return _functions.setdefault(fn, _Function(eligible))
+    recursive = eligible and fn.__name__ in fn.__code__.co_names
+    return _functions.setdefault(fn, _Function(eligible, recursive))
 
 
 def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -88,8 +94,8 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     if not known.eligible:
         return _fork(fn, *args, **kwargs)
     pool = engine.backend().pool  # type: ignore[attr-defined]
-    if sys._getframe(1).f_code is fn.__code__ and pool.idle() == 0:
-        return fn(*args, **kwargs)  # recursion with every worker busy: a plain call
+    if known.recursive:
+        return _recursive(fn, known, pool, args, kwargs)
     mean = known.mean
     if mean is None:
         mean = pool.mean_seconds(fn)
@@ -99,6 +105,24 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
             return _timed(fn, known, args, kwargs)
     if mean is not None and mean < _CHUNK_BELOW and not scan(args, kwargs)[0]:
         return _chunked(fn, known, args, kwargs, mean)
+    return new_proxy(start(fn, args, kwargs, "cpu"))
+
+
+def _recursive(fn: Callable[..., Any], known: _Function, pool: Any, args: tuple,
+               kwargs: dict) -> Any:
+    """A function that calls itself forks only while a worker is idle.
+
+    A call from outside runs here, so that its own recursive calls spread over the idle
+    workers; a recursive call forks if a worker is idle; otherwise the call runs here,
+    as the plain function (no fork on any call below it).
+    """
+    if pool.idle() == 0:
+        plain = known.plain
+        if plain is None:
+            plain = known.plain = for_workers(fn)
+        return plain(*args, **kwargs)
+    if sys._getframe(3).f_code is not fn.__code__:  # 3: call <- implicit <- the caller
+        return fn(*args, **kwargs)
     return new_proxy(start(fn, args, kwargs, "cpu"))
 
 

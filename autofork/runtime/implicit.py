@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import stats
+from . import config, engine, stats, worker
 from .errors import add_note
 from .granularity import _SAMPLE_MASK, _functions, call
 from .proxy import ResultProxy, unwrap
@@ -79,3 +79,9 @@ class Joiner:
                                 f"{'s' if others > 1 else ''} in the same block failed too")
             raise first
         return False
+
+
+# Rewritten code imports this module just before it runs: start the workers now, in the
+# background, so that its first forks do not wait for them.
+if config.enabled() and not worker.IN_WORKER:
+    engine.prestart()

@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
 from .errors import Failure, WorkerCrashed
+from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
 from . import stats
 from .task import QUEUED, Chunk, Task
@@ -145,7 +146,7 @@ class _FunctionCache:
         entry = self._by_id.get(id(fn))
         if entry is not None and entry[2]() is fn:
             return entry[0], entry[1]
-        data = cloud_dumps(fn)
+        data = cloud_dumps(for_workers(fn))
         fn_id = id(fn)
         with self._lock:
             key = next(self._keys)
@@ -214,7 +215,7 @@ class ProcessPool:
             self._wait_for_room()
         self._queue.append((task, key, call, blobs))
         if self._thread is None:
-            self._start()
+            self.start()
         if self._sleeping and not self._send_direct():
             self._sleeping = False
             os.write(self._wake_w, b"\0")
@@ -279,7 +280,8 @@ class ProcessPool:
 
     # -- the dispatcher thread ------------------------------------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the dispatcher, which starts the workers (the first submit does it too)."""
         with self._lock:
             if self._thread is not None:
                 return
@@ -317,7 +319,12 @@ class ProcessPool:
             self._stop_workers()
 
     def _room(self, worker: _Worker) -> bool:
-        return len(worker.batches) < (2 if self._short() else 1)
+        # A second batch in flight hides the round trip for short calls; only when there
+        # is work for every worker, else one worker would hold what another could run.
+        if not worker.batches:
+            return True
+        return (len(worker.batches) < 2 and self._short()
+                and len(self._queue) >= 2 * len(self._workers))
 
     def _has_room(self) -> bool:
         return any(self._room(worker) for worker in self._workers.values())
