@@ -125,4 +125,4 @@ def test_a_rewritten_recursion_runs_as_plain_code_in_the_workers(tmp_path):
         print(pid != os.getpid(), any(name.startswith("_autofork") for name in names))
     """, module=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "17711\\nTrue False\\n"
+    assert result.stdout == "17711\nTrue False\n"

@@ -61,8 +61,9 @@ def _original(fn: types.FunctionType) -> Optional[types.CodeType]:
 
 
 def for_workers(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` as it should run in a worker: its plain version if it was rewritten."""
-    if type(fn) is not types.FunctionType or not _rewritten(fn.__code__):
+    """``fn`` as it should run in a worker: plain if it was rewritten or calls what was."""
+    if type(fn) is not types.FunctionType or not (
+            _rewritten(fn.__code__) or _calls_rewritten(fn, fn.__code__)):
         return fn
     copies: dict[int, types.FunctionType] = {}
     namespace = dict(fn.__globals__)
@@ -70,11 +71,21 @@ def for_workers(fn: Callable[..., Any]) -> Callable[..., Any]:
     return plain if plain is not None else fn
 
 
+def _calls_rewritten(fn: types.FunctionType, code: types.CodeType) -> bool:
+    return any(_is_rewritten_function(fn.__globals__.get(name), fn.__globals__)
+               for name in _global_names(code))
+
+
+def _is_rewritten_function(value: Any, module_globals: dict) -> bool:
+    return (type(value) is types.FunctionType and value.__globals__ is module_globals
+            and _rewritten(value.__code__))
+
+
 def _plain(fn: types.FunctionType, namespace: dict,
            copies: dict[int, types.FunctionType]) -> Optional[types.FunctionType]:
     if id(fn) in copies:
         return copies[id(fn)]
-    original = _original(fn)
+    original = _original(fn) if _rewritten(fn.__code__) else fn.__code__
     if original is None:
         return None
     plain = types.FunctionType(original, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -87,8 +98,7 @@ def _plain(fn: types.FunctionType, namespace: dict,
     # The rewritten functions this one calls by global name are plain in the copy too.
     for name in _global_names(original):
         value = namespace.get(name)
-        if (type(value) is types.FunctionType and value.__globals__ is fn.__globals__
-                and _rewritten(value.__code__)):
+        if _is_rewritten_function(value, fn.__globals__):
             replacement = _plain(value, namespace, copies)
             if replacement is not None:
                 namespace[name] = replacement
