@@ -33,6 +33,7 @@ class ThreadPool:
         self._count = 0
         self._lock = threading.Lock()
         self._closing = False
+        self._members: set[int] = set()  # idents of the pool's threads
 
     def submit(self, task: Task) -> None:
         task.executor = self
@@ -48,7 +49,14 @@ class ThreadPool:
                 _thread.start_new_thread(self._work, ())
 
     def steal(self, task: Task) -> bool:
-        if task.state == QUEUED and task.claim():
+        """Run a queued task in the thread that waits for it, when a pool thread may never
+        come for it: the waiter is a pool thread itself (forks inside forks), or the pool
+        is full.  Otherwise an I/O fork always runs on a pool thread."""
+        if task.state != QUEUED:
+            return False
+        if _thread.get_ident() not in self._members and self._count < self.size:
+            return False
+        if task.claim():
             task.run_here()
             return True
         return False
@@ -60,6 +68,14 @@ class ThreadPool:
                 self._queue.put(None)
 
     def _work(self) -> None:
+        me = _thread.get_ident()
+        self._members.add(me)
+        try:
+            self._serve()
+        finally:
+            self._members.discard(me)
+
+    def _serve(self) -> None:
         get = self._queue.get
         while True:
             try:
