@@ -28,14 +28,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+# Run in the child before it becomes `dask ...`: die with this process (PR_SET_PDEATHSIG
+# survives exec).  Not a preexec_fn: this process runs threads (Dask clients), and Python
+# code between fork and exec in a threaded process can deadlock.
+_PRELUDE = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 class Cluster:
@@ -64,9 +70,10 @@ class Cluster:
     def _spawn(self, *args: str) -> subprocess.Popen:
         log = open(os.path.join(self.directory, f"{args[0]}-{time.monotonic_ns()}.log"), "wb")
         with log:
-            return subprocess.Popen([_DASK, *args], stdout=log, stderr=subprocess.STDOUT,
-                                    env=self.env, cwd=self.directory, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+            return subprocess.Popen(
+                [sys.executable, "-c", _PRELUDE, str(os.getpid()), _DASK, *args],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.directory,
+                start_new_session=True)
 
     def add_worker(self, wait: bool = True) -> subprocess.Popen:
         worker = self._spawn("worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
