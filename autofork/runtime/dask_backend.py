@@ -52,13 +52,11 @@ from typing import Any, Optional
 
 from distributed import Client, Future
 
-
-from . import stats, worker
+from . import serialize, stats, worker
 from .backend import Backend
 from .dataflow import scan, when_ready
 from .errors import Failure, WorkerCrashed
 from .proxy import ResultProxy
-from . import serialize
 from .task import DONE, Task
 
 __all__ = ["DaskBackend", "DaskConnectionError", "client", "CONNECT_TIMEOUT"]
@@ -227,14 +225,6 @@ def _pickle_call(backend: "DaskBackend", call: tuple) -> tuple[bytes, list[Futur
         return buffer.getvalue(), pickler.futures
 
 
-def _split_method(fn: Any, args: tuple) -> tuple[Any, tuple]:
-    from types import MethodType
-
-    if isinstance(fn, MethodType):
-        return fn.__func__, (fn.__self__, *args)
-    return fn, args
-
-
 class DaskBackend(Backend):
     """CPU-bound forks as tasks of the Dask cluster whose scheduler is at ``address``."""
 
@@ -296,16 +286,15 @@ class DaskBackend(Backend):
                 task.set_failure(Failure.local(exc, skip=0))
 
     def _send(self, task: Task) -> None:
-        fn, args = _split_method(task.fn, task.args)
         try:
-            call, futures = _pickle_call(self, (fn, args, task.kwargs))
+            call, futures = _pickle_call(self, (task.fn, task.args, task.kwargs))
         except _InputFailed as failed:
             if task.claim():
                 failed.task.mark_observed()
                 task.set_failure(failed.task.failure)  # type: ignore[arg-type]
             return
         except Exception as error:  # noqa: BLE001
-            raise _unsendable(task, fn, error) from error
+            raise _unsendable(task, error) from error
         if not task.claim():
             return  # cancelled meanwhile
         status = self.client.status
@@ -532,12 +521,12 @@ def _cancel_reason(future: Future) -> str:
     return f"Dask future {future.status}"
 
 
-def _unsendable(task: Task, fn: Any, error: Exception) -> TypeError:
+def _unsendable(task: Task, error: Exception) -> TypeError:
     from .processes import _unpicklable
     from .serialize import cloud_dumps
 
     try:
-        cloud_dumps(fn)
+        cloud_dumps(task.fn)
     except Exception:  # noqa: BLE001
         return TypeError(f"fork({task.name}, ...): the function cannot be sent to a Dask "
                          f"worker: {type(error).__name__}: {error}. Mark it @io_bound to run "
