@@ -64,17 +64,21 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
     task = Task(fn, args, kwargs, kind, call_site())
     executor = _executor(kind)
     seen, pending = scan(args, kwargs)
-    if getattr(executor, "accepts_pending", False):
-        # This executor takes the proxies among the arguments itself (the dask backend
-        # passes those of its own tasks to Dask as futures, and holds the call for others).
-        executor.submit(task)
-    elif pending:
-        when_ready(task, pending, functools.partial(_submit_ready, executor))
-    else:
-        if seen:
-            task.args, task.kwargs = substitute(args, kwargs)
-        executor.submit(task)
-    _live.add(task)
+    _live.add(task)  # before submit: a task may be done when submit returns
+    try:
+        if getattr(executor, "accepts_pending", False):
+            # This executor takes the proxies among the arguments itself (the dask backend
+            # passes those of its own tasks to Dask as futures, and holds the call for others).
+            executor.submit(task)
+        elif pending:
+            when_ready(task, pending, functools.partial(_submit_ready, executor))
+        else:
+            if seen:
+                task.args, task.kwargs = substitute(args, kwargs)
+            executor.submit(task)
+    except BaseException:
+        _live.discard(task)  # not started: an argument that cannot be sent, say
+        raise
     if stats.active:
         stats.forked(task)
     tasks = _scope.get()
