@@ -24,6 +24,7 @@ Only the local backend measures; elsewhere every call forks.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -41,6 +42,8 @@ from .proxy import new_proxy
 from .task import Chunk, ChunkItem, Task, _live
 
 __all__ = ["call", "flush_all"]
+
+log = logging.getLogger("autofork")
 
 _INLINE_BELOW = 10e-6
 _CHUNK_BELOW = 2e-3
@@ -100,7 +103,7 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     if mean is None:
         mean = pool.mean_seconds(fn)
         if mean is not None:
-            _settle(known, mean)
+            _settle(known, mean, fn.__qualname__)
         elif pool.pending() >= _MEASURE_AFTER:
             return _timed(fn, known, args, kwargs)
     if mean is not None and mean < _CHUNK_BELOW and not scan(args, kwargs)[0]:
@@ -126,9 +129,14 @@ def _recursive(fn: Callable[..., Any], known: _Function, pool: Any, args: tuple,
     return new_proxy(start(fn, args, kwargs, "cpu"))
 
 
-def _settle(known: _Function, mean: float) -> None:
+def _settle(known: _Function, mean: float, name: str = "") -> None:
+    inline = mean < _INLINE_BELOW
+    if inline != known.inline or known.mean is None:
+        log.info("%s takes %.1f µs a call: %s", name or "a marked function", mean * 1e6,
+                 "running it inline" if inline else
+                 "sending its calls in chunks" if mean < _CHUNK_BELOW else "forking each call")
     known.mean = mean
-    known.inline = mean < _INLINE_BELOW
+    known.inline = inline
 
 
 def _forget(old: Any, new: Any) -> None:
@@ -144,7 +152,8 @@ def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) 
         return fn(*args, **kwargs)
     finally:
         seconds = time.perf_counter() - began
-        _settle(known, seconds if known.mean is None else 0.5 * (known.mean + seconds))
+        _settle(known, seconds if known.mean is None else 0.5 * (known.mean + seconds),
+                fn.__qualname__)
         if stats.active:
             stats.inline(fn.__qualname__, seconds)
 
@@ -158,7 +167,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
         if chunk is None:
             latest = engine.backend().pool.mean_seconds(fn)  # type: ignore[attr-defined]
             if latest is not None:
-                _settle(known, latest)  # what the last chunks measured
+                _settle(known, latest, fn.__qualname__)  # what the last chunks measured
             chunk = known.chunk = Chunk(fn)
             chunk.executor = _flusher
             known.opened = time.monotonic()

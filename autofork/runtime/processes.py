@@ -30,6 +30,7 @@ import mmap
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,10 @@ class _Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-c", code, *path],
             pass_fds=(child_end, shm_fd), close_fds=True,
-            stdin=subprocess.DEVNULL, preexec_fn=_ignore_sigint,
+            # Its own session: a terminal's Ctrl-C (sent to the foreground process group)
+            # reaches only this process, which then kills the workers.  (No preexec_fn:
+            # it is not safe in a process with threads, and deadlocked here.)
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
         os.close(child_end)
         os.close(shm_fd)
@@ -111,8 +115,6 @@ class _Worker:
 
 
 def _socketpair() -> tuple[int, int]:
-    import socket
-
     a, b = socket.socketpair()
     return a.detach(), b.detach()
 
@@ -123,11 +125,6 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
         handle.write(SLOT.pack(-1, -1))
         handle.flush()
         return os.dup(handle.fileno()), mmap.mmap(handle.fileno(), SLOT.size)
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C goes to the whole process group; the parent decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _FunctionCache:
