@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backend import Backend
+from .errors import Failure
 from .processes import ProcessPool
 from .task import QUEUED, Task
 
@@ -21,7 +22,12 @@ class LocalBackend(Backend):
         self.pool.submit(task)
 
     def cancel(self, task: Task) -> bool:
-        return task.state == QUEUED and task.claim()
+        if task.state == QUEUED and task.claim():
+            from concurrent.futures import CancelledError
+
+            task.set_failure(Failure.local(CancelledError(f"{task.name}() was cancelled"), 0))
+            return True
+        return False
 
     def capacity(self) -> int:
         return self.pool.idle()
