@@ -38,7 +38,7 @@ from .dataflow import scan
 from .errors import call_site
 from .marks import kind_of
 from .plain import for_workers
-from .proxy import new_proxy
+from .proxy import ResultProxy, new_proxy
 from .task import Chunk, ChunkItem, Task, _live
 
 __all__ = ["call", "flush_all"]
@@ -57,8 +57,8 @@ _MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
 class _Function:
     """What autofork knows of one marked function."""
 
-    __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "runs", "chunk", "opened",
-                 "lock")
+    __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
+                 "opened", "lock")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -66,6 +66,7 @@ class _Function:
         self.plain: Optional[Callable[..., Any]] = None  # its plain version, once needed
         self.mean: Optional[float] = None
         self.inline = False
+        self.size = 0
         self.runs = 0
         self.chunk: Optional[Chunk] = None
         self.opened = 0.0
@@ -96,19 +97,29 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         return _timed(fn, known, args, kwargs)
     if not known.eligible:
         return _fork(fn, *args, **kwargs)
+    mean = known.mean
+    if known.size and not (kwargs or _has_proxy(args)):
+        return _chunked(fn, known, args, kwargs)  # the hot path of a short function
     pool = engine.backend().pool  # type: ignore[attr-defined]
     if known.recursive:
         return _recursive(fn, known, pool, args, kwargs)
-    mean = known.mean
     if mean is None:
         mean = pool.mean_seconds(fn)
         if mean is not None:
             _settle(known, mean, fn.__qualname__)
         elif pool.pending() >= _MEASURE_AFTER:
             return _timed(fn, known, args, kwargs)
-    if mean is not None and mean < _CHUNK_BELOW and not scan(args, kwargs)[0]:
-        return _chunked(fn, known, args, kwargs, mean)
+    if known.size and not scan(args, kwargs)[0]:
+        return _chunked(fn, known, args, kwargs)
     return new_proxy(start(fn, args, kwargs, "cpu"))
+
+
+def _has_proxy(args: tuple) -> bool:
+    for value in args:
+        kind = type(value)
+        if kind is ResultProxy or kind is list or kind is tuple or kind is dict:
+            return True  # a proxy, or a container that may hold one: scan() decides
+    return False
 
 
 def _recursive(fn: Callable[..., Any], known: _Function, pool: Any, args: tuple,
@@ -137,6 +148,9 @@ def _settle(known: _Function, mean: float, name: str = "") -> None:
                  "sending its calls in chunks" if mean < _CHUNK_BELOW else "forking each call")
     known.mean = mean
     known.inline = inline
+    # Calls per chunk (0: not chunked): about _CHUNK_SECONDS of work in each.
+    known.size = (0 if inline or mean >= _CHUNK_BELOW or known.recursive
+                  else max(2, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(mean, 1e-7)))))
 
 
 def _forget(old: Any, new: Any) -> None:
@@ -158,10 +172,8 @@ def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) 
             stats.inline(fn.__qualname__, seconds)
 
 
-def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict,
-             mean: float) -> Any:
+def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) -> Any:
     caller = sys._getframe(3)  # the rewritten call site: implicit.fork -> call -> here
-    size = max(2, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(mean, 1e-7))))
     with known.lock:
         chunk = known.chunk
         if chunk is None:
@@ -178,7 +190,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
         items.append(item)
         if stats.active:
             stats.forked(item, timed=False)
-        full = len(items) >= size
+        full = len(items) >= known.size
         if full:
             known.chunk = None
     if full:
