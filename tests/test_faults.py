@@ -172,10 +172,19 @@ SAME_PROGRAM = """
     def work(x):
         return x * 2, os.getpid()
 
+    async def double(x):
+        return 2 * x
+
+    async def main():
+        return await fork(double, 4)
+
     main_pid = os.getpid()
     value, pid = fork(work, 21)
     proxy = fork(work, 1)
     print(value, type(proxy) is ResultProxy, pid == main_pid)
+    import asyncio
+    from autofork import evaluate
+    print(evaluate(fork(double, 3)), asyncio.run(main()))
 """
 
 
@@ -183,8 +192,8 @@ def test_autofork_0_runs_everything_inline_with_the_same_output(tmp_path):
     sequential = run_script(tmp_path, SAME_PROGRAM, env={"AUTOFORK": "0"})
     parallel = run_script(tmp_path, SAME_PROGRAM)
     assert sequential.returncode == 0 and parallel.returncode == 0, sequential.stderr
-    assert sequential.stdout == "42 False True\n"  # no proxy, same pid
-    assert parallel.stdout == "42 True False\n"
+    assert sequential.stdout == "42 False True\n6 8\n"  # no proxy, same pid
+    assert parallel.stdout == "42 True False\n6 8\n"
 
 
 def nap(x):

@@ -51,11 +51,33 @@ def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:  # noqa: 
                         "its values are produced lazily and cannot be forked. Fork a function "
                         "that returns a list instead.")
     kind = kind_of(fn)
-    if kind == "unsafe" or not config.enabled() or kind == "cpu" and worker.IN_WORKER:
+    if kind == "unsafe" or kind == "cpu" and worker.IN_WORKER:
         return fn(*args, **kwargs)
+    if not config.enabled():
+        return _inline(fn, args, kwargs, kind)
     if not callable(fn):
         raise TypeError(f"fork() needs a callable first argument, got {fn!r}")
     return new_proxy(start(fn, args, kwargs, kind))
+
+
+def _inline(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Any:
+    """``AUTOFORK=0``: the call's value, as a sequential program gets it.
+
+    A coroutine function's value is its coroutine's result, run to completion here
+    (``asyncio.run``), as ``evaluate`` of its proxy would give it; inside a running
+    event loop that cannot block, so the coroutine itself is returned, to be awaited
+    as the proxy would have been.
+    """
+    value = fn(*args, **kwargs)
+    if kind != "async":
+        return value
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(value)
+    return value
 
 
 def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
