@@ -8,8 +8,8 @@ and decides per call:
 * unknown yet: fork; when ``_MEASURE_AFTER`` calls are already waiting (a loop forks
   faster than the pool starts or answers), run the next one inline, timed, so the cost
   of a tiny function is known at once instead of after thousands of needless forks;
-* under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; one call in
-  1,024 is still timed, so a function that grows slower is noticed;
+* under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; from then on
+  ``implicit.fork`` calls it after one set lookup (``_inline``), for the rest of the run;
 * under ``_CHUNK_BELOW`` (2 ms): gather calls into a chunk of about ``_CHUNK_SECONDS`` of
   work, sent to a worker as one task and answered as one message, each call still with
   its own proxy; a chunk goes when it is full, when one of its results is waited for,
@@ -74,6 +74,9 @@ class _Function:
 
 
 _functions: dict[Any, _Function] = {}
+# Functions that run inline, for implicit.fork's hot path: one set lookup, then the call.
+# Once inline, a function stays inline for the run (a resample would cost every call).
+_inline: set[Any] = set()
 
 
 def _learn(fn: Callable[..., Any]) -> _Function:
@@ -106,7 +109,7 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     if mean is None:
         mean = pool.mean_seconds(fn)
         if mean is not None:
-            _settle(known, mean, fn.__qualname__)
+            _settle(known, mean, fn)
         elif pool.pending() >= _MEASURE_AFTER:
             return _timed(fn, known, args, kwargs)
     if known.size and not scan(args, kwargs)[0]:
@@ -140,21 +143,26 @@ def _recursive(fn: Callable[..., Any], known: _Function, pool: Any, args: tuple,
     return new_proxy(start(fn, args, kwargs, "cpu"))
 
 
-def _settle(known: _Function, mean: float, name: str = "") -> None:
+def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = None) -> None:
     inline = mean < _INLINE_BELOW
     if inline != known.inline or known.mean is None:
-        log.info("%s takes %.1f µs a call: %s", name or "a marked function", mean * 1e6,
+        log.info("%s takes %.1f µs a call: %s", getattr(fn, "__qualname__", fn), mean * 1e6,
                  "running it inline" if inline else
                  "sending its calls in chunks" if mean < _CHUNK_BELOW else "forking each call")
     known.mean = mean
     known.inline = inline
+    if inline and not stats.active and fn is not None:
+        _inline.add(fn)  # implicit.fork's hot path; --stats counts them in call() instead
+    elif fn is not None:
+        _inline.discard(fn)
     # Calls per chunk (0: not chunked): about _CHUNK_SECONDS of work in each.
     known.size = (0 if inline or mean >= _CHUNK_BELOW or known.recursive
                   else max(2, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(mean, 1e-7)))))
 
 
 def _forget(old: Any, new: Any) -> None:
-    _functions.clear()  # the backend or AUTOFORK changed: learn again
+    _functions.clear()  # the backend, AUTOFORK or --stats changed: learn again
+    _inline.clear()
 
 
 config.on_change(_forget)
@@ -166,8 +174,7 @@ def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) 
         return fn(*args, **kwargs)
     finally:
         seconds = time.perf_counter() - began
-        _settle(known, seconds if known.mean is None else 0.5 * (known.mean + seconds),
-                fn.__qualname__)
+        _settle(known, seconds if known.mean is None else 0.5 * (known.mean + seconds), fn)
         if stats.active:
             stats.inline(fn.__qualname__, seconds)
 
@@ -179,7 +186,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
         if chunk is None:
             latest = engine.backend().pool.mean_seconds(fn)  # type: ignore[attr-defined]
             if latest is not None:
-                _settle(known, latest, fn.__qualname__)  # what the last chunks measured
+                _settle(known, latest, fn)  # what the last chunks measured
             chunk = known.chunk = Chunk(fn)
             chunk.executor = _flusher
             known.opened = time.monotonic()

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from . import config, engine, stats, worker
 from .errors import add_note
-from .granularity import _SAMPLE_MASK, _functions, call
+from .granularity import _inline, call
 from .proxy import ResultProxy, unwrap
 from .task import DONE, Task
 
@@ -28,15 +28,13 @@ __all__ = ["fork", "Joiner", "unwrap"]
 
 def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """A rewritten call whose value is used: a lazy proxy, or the value if it ran inline."""
-    known = _known(fn)
-    if known is not None and known.inline and known.runs & _SAMPLE_MASK and not stats.active:
+    if fn in _inline:
         # The hot path of a tiny marked function: a plain call, nothing else.
-        known.runs += 1
-        return fn(*args, **kwargs)
+        return fn(*args, **kwargs) if kwargs else fn(*args)
     return call(fn, args, kwargs)
 
+
 _PRUNE_AT = 1024
-_known = _functions.get
 
 
 class Joiner:
@@ -52,6 +50,8 @@ class Joiner:
 
     def fork(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Fork a call that is joined at the block's end; returns its proxy (or value)."""
+        if fn in _inline:
+            return fn(*args, **kwargs) if kwargs else fn(*args)
         result = call(fn, args, kwargs)
         if type(result) is ResultProxy:
             tasks = self._tasks
