@@ -385,9 +385,9 @@ def _fingerprint() -> str:
     global _FINGERPRINT
     if _FINGERPRINT is None:
         digest = hashlib.sha256(_version().encode())
-        # The rewriter's source, found without importing it (libcst is slow to import).
-        rewriter = importlib.util.find_spec("autofork.transformer")
-        for path in (getattr(rewriter, "origin", None), __file__):
+        # The rewriter's source, read without importing it (libcst is slow to import).
+        rewriter = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transformer.py")
+        for path in (rewriter, __file__):
             try:
                 with open(path, "rb") as file:  # type: ignore[arg-type]
                     digest.update(file.read())
