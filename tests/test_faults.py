@@ -214,3 +214,20 @@ def test_back_pressure_keeps_the_queue_bounded(monkeypatch):
         longest = max(longest, len(pool._queue))
     assert longest <= 40
     assert [evaluate(r) for r in results] == list(range(300))
+
+
+def test_closing_pools_again_and_again_leaks_no_file_descriptor():
+    from autofork import configure
+    from autofork.runtime import engine
+
+    def open_fds():
+        return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+    evaluate(fork(square, 1))
+    engine.shutdown()
+    before = open_fds()
+    for _ in range(5):
+        assert fork(square, 3) == 9
+        engine.shutdown()
+    configure(workers=2)
+    assert open_fds() <= before

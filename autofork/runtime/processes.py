@@ -274,6 +274,12 @@ class ProcessPool:
                         worker.process.kill()
             os.write(self._wake_w, b"\0")
             thread.join(timeout=2.0 if kill else None)
+        if thread is None or not thread.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     # -- the dispatcher thread ------------------------------------------------------
 
