@@ -226,8 +226,12 @@ def test_closing_pools_again_and_again_leaks_no_file_descriptor():
     evaluate(fork(square, 1))
     engine.shutdown()
     before = open_fds()
+    async def coroutine():
+        return 4
+
     for _ in range(5):
         assert fork(square, 3) == 9
+        assert fork(coroutine) == 4
         engine.shutdown()
     configure(workers=2)
     assert open_fds() <= before

@@ -17,6 +17,7 @@ class EventLoopThread:
     def __init__(self) -> None:
         self._loop: Optional[Any] = None  # asyncio's loop; asyncio is imported on first use
         self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
 
     def _running_loop(self) -> Any:
         loop = self._loop
@@ -26,8 +27,9 @@ class EventLoopThread:
                     import asyncio
 
                     loop = asyncio.new_event_loop()
-                    threading.Thread(target=loop.run_forever, name="autofork-asyncio",
-                                     daemon=True).start()
+                    self._thread = threading.Thread(target=_run, args=(loop,),
+                                                    name="autofork-asyncio", daemon=True)
+                    self._thread.start()
                     self._loop = loop
                 loop = self._loop
         return loop
@@ -56,6 +58,15 @@ class EventLoopThread:
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(timeout=1.0)
+
+
+def _run(loop: Any) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()  # its selector's file descriptors
 
 
 def _settle(task: Task, future: Any) -> None:
