@@ -307,3 +307,18 @@ def test_a_large_immutable_argument_is_pickled_once_and_sent_once_per_worker():
     first = fork(size_of, mutable)
     mutable.extend(b"zz")
     assert (first, fork(size_of, mutable)) == (2 << 20, (2 << 20) + 2)
+
+
+def test_changing_the_settings_lets_running_coroutines_finish():
+    import autofork
+
+    async def slow():
+        await asyncio.sleep(0.3)
+        return "done"
+
+    pending = fork(slow)
+    autofork.configure(threads=128)  # closes the pools, after their work
+    try:
+        assert evaluate(pending) == "done"
+    finally:
+        autofork.configure(threads=256)

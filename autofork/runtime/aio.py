@@ -57,9 +57,25 @@ class EventLoopThread:
     def close(self, kill: bool = False) -> None:
         loop = self._loop
         if loop is not None:
+            if not kill and self._thread is not threading.current_thread():
+                import asyncio
+
+                # The coroutines still running finish first, as the pools' calls do.
+                asyncio.run_coroutine_threadsafe(_drain(), loop).result()
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join(timeout=1.0)
+
+
+async def _drain() -> None:
+    import asyncio
+
+    me = asyncio.current_task()
+    while True:
+        others = [task for task in asyncio.all_tasks() if task is not me]
+        if not others:
+            return
+        await asyncio.wait(others)
 
 
 def _run(loop: Any) -> None:
