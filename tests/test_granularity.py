@@ -60,6 +60,7 @@ def test_short_calls_travel_in_chunks_to_workers_and_fail_one_by_one():
                 evaluate(result)
             text = "".join(traceback.format_exception(info.value))
             assert 'raise ValueError("item 777")' in text
+            assert "results = [implicit.fork(short, i) for i in range(1500)]" in text
             continue
         value, pid = evaluate(result)
         assert value == i
@@ -126,3 +127,28 @@ def test_a_rewritten_recursion_runs_as_plain_code_in_the_workers(tmp_path):
     """, module=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "17711\nTrue False\n"
+
+
+@implicit_fork
+def holds(lock, x):
+    with lock:
+        return x * 2
+
+
+def test_a_rewritten_call_that_cannot_be_sent_runs_here_with_one_warning():
+    import threading
+    import warnings
+
+    from autofork import AutoforkWarning
+
+    lock = threading.Lock()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [implicit.fork(holds, lock, i) for i in range(5)]
+    assert results == [0, 2, 4, 6, 8]
+    messages = [str(w.message) for w in caught if issubclass(w.category, AutoforkWarning)]
+    assert len(messages) == 1 and "argument 1 (lock" in messages[0]
+    with pytest.raises(TypeError, match="argument 2"):  # an explicit fork still says no
+        from autofork import fork
+
+        fork(holds, 1, lock)

@@ -3,6 +3,7 @@
 The exception tree::
 
     AutoforkWarning(UserWarning)          every warning autofork emits; filter it as a class
+    NotSendable(TypeError)                a call that cannot be pickled for a worker process
     WorkerCrashed(RuntimeError)           the worker process running a call died
     RemoteError(Exception)                stand-in for an exception that could not be pickled
                                           (a subclass per original type also derives from the
@@ -30,11 +31,16 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 
-__all__ = ["AutoforkWarning", "WorkerCrashed", "RemoteError", "Frame", "Failure"]
+__all__ = ["AutoforkWarning", "NotSendable", "WorkerCrashed", "RemoteError", "Frame", "Failure"]
 
 
 class AutoforkWarning(UserWarning):
     """A warning from autofork (a fallback it took, a mark it ignored)."""
+
+
+class NotSendable(TypeError):
+    """A call that cannot be sent to a worker process (its function or an argument does
+    not pickle).  Raised by ``fork``; a rewritten call runs in the caller instead."""
 
 
 class WorkerCrashed(RuntimeError):

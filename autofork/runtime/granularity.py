@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 import time
 import types
 from typing import Any, Callable, Optional
@@ -35,7 +36,7 @@ from . import config, engine, stats, worker
 from .api import fork as _fork
 from .api import start
 from .dataflow import scan
-from .errors import call_site
+from .errors import AutoforkWarning, NotSendable
 from .marks import kind_of
 from .plain import for_workers
 from .proxy import ResultProxy, new_proxy
@@ -51,6 +52,9 @@ _CHUNK_SECONDS = 2e-3
 _CHUNK_WAIT = 2e-3
 _MAX_CHUNK = 1000
 _SAMPLE_MASK = 1023  # an inline function is timed again once in 1,024 calls
+# The rewritten call site, seen from _recursive or _chunked: they are called by _call,
+# called by call, called by implicit.fork or Joiner.fork, called by the call site.
+_CALLER = 4
 _MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
 
 
@@ -58,7 +62,7 @@ class _Function:
     """What autofork knows of one marked function."""
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
-                 "opened", "lock")
+                 "opened", "lock", "warned")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -71,6 +75,7 @@ class _Function:
         self.chunk: Optional[Chunk] = None
         self.opened = 0.0
         self.lock = threading.Lock()
+        self.warned = False  # about a call that could not be sent
 
 
 _functions: dict[Any, _Function] = {}
@@ -87,7 +92,24 @@ def _learn(fn: Callable[..., Any]) -> _Function:
 
 
 def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    """What a rewritten call site runs: a proxy, or the value when it ran inline."""
+    """What a rewritten call site runs: a proxy, or the value when it ran inline.
+
+    A call that cannot be sent to a worker (an open file, a lock among its arguments)
+    runs here, as it did before the rewrite, with one AutoforkWarning per function: the
+    rewriter made the fork, not the user, so it must not make the program fail.
+    """
+    try:
+        return _call(fn, args, kwargs)
+    except NotSendable as why:
+        known = _functions.get(fn)
+        if known is not None and not known.warned:
+            known.warned = True
+            warnings.warn(AutoforkWarning(f"{why}; running the call in this process "
+                                          "instead"), stacklevel=3)
+        return fn(*args, **kwargs)
+
+
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     known = _functions.get(fn)
     if known is None:
         known = _learn(fn)
@@ -138,7 +160,7 @@ def _recursive(fn: Callable[..., Any], known: _Function, pool: Any, args: tuple,
         if plain is None:
             plain = known.plain = for_workers(fn)
         return plain(*args, **kwargs)
-    if sys._getframe(3).f_code is not fn.__code__:  # 3: call <- implicit <- the caller
+    if sys._getframe(_CALLER).f_code is not fn.__code__:
         return fn(*args, **kwargs)
     return new_proxy(start(fn, args, kwargs, "cpu"))
 
@@ -180,7 +202,7 @@ def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) 
 
 
 def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) -> Any:
-    caller = sys._getframe(3)  # the rewritten call site: implicit.fork -> call -> here
+    caller = sys._getframe(_CALLER)
     with known.lock:
         chunk = known.chunk
         if chunk is None:

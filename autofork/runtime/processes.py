@@ -41,7 +41,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
-from .errors import Failure, WorkerCrashed
+from .errors import Failure, NotSendable, WorkerCrashed
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
 from . import stats
@@ -199,7 +199,7 @@ class ProcessPool:
         try:
             key, data = self._functions.get(fn)
         except Exception as error:  # noqa: BLE001
-            raise TypeError(f"fork({task.name}, ...): the function cannot be sent to a worker "
+            raise NotSendable(f"fork({task.name}, ...): the function cannot be sent to a worker "
                             f"process: {type(error).__name__}: {error}. Mark it @io_bound to "
                             "run it in a thread of this process.") from error
         self._data[key] = data
@@ -580,7 +580,7 @@ def _pickle_chunk(chunk: Chunk) -> bytes:
         raise
 
 
-def _unpicklable(task: Task, error: Exception) -> TypeError:
+def _unpicklable(task: Task, error: Exception) -> NotSendable:
     named = [(f"argument {i + 1}", value) for i, value in enumerate(task.args)]
     named += [(f"keyword argument {key!r}", value) for key, value in task.kwargs.items()]
     culprit = "an argument"
@@ -590,7 +590,7 @@ def _unpicklable(task: Task, error: Exception) -> TypeError:
         except Exception:  # noqa: BLE001
             culprit = f"{label} ({type(value).__name__} {_short_repr(value)})"
             break
-    return TypeError(
+    return NotSendable(
         f"fork({task.name}, ...): {culprit} cannot be sent to a worker process: "
         f"{type(error).__name__}: {error}. Pass something picklable, or mark "
         f"{task.name} @io_bound to run it in a thread of this process.")
