@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import threading
-from typing import (Any, Awaitable, Callable, Iterable, Iterator, NamedTuple, Optional,
-                    TypeVar, overload)
+from typing import (Any, Awaitable, Callable, Iterable, Iterator, Literal, NamedTuple,
+                    Optional, TypeVar, overload)
 
 from . import config, engine, stats, worker
 from .dataflow import scan, substitute, when_ready
@@ -190,6 +190,10 @@ class _Done:
 _DONE_TASK = _Done()
 
 
+def _put(queue: Any, item: Any, _: Any) -> None:
+    queue.put(item)
+
+
 def as_completed(proxies: Iterable[Any], timeout: Optional[float] = None) -> Iterator[Any]:
     """Yield the proxies as their calls finish, as ``concurrent.futures.as_completed``."""
     import queue
@@ -202,7 +206,7 @@ def as_completed(proxies: Iterable[Any], timeout: Optional[float] = None) -> Ite
         if task is None:
             finished.put(item)
         else:
-            task.add_done_callback(lambda _, item=item: finished.put(item))
+            task.add_done_callback(functools.partial(_put, finished, item))
     deadline = None if timeout is None else time.monotonic() + timeout
     for count in range(len(items)):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -231,7 +235,7 @@ class scope:
         self._tokens.append((_scope.set(tasks), tasks))
         return self
 
-    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> Literal[False]:
         token, tasks = self._tokens.pop()
         _scope.reset(token)
         if kind is not None and not issubclass(kind, Exception):
@@ -279,5 +283,5 @@ def _group(failures: list[BaseException]) -> BaseException:
         add_note(first, _count_note(len(failures) - 1, "failed as well"))
         return first
     if all(isinstance(f, Exception) for f in failures):
-        return group("several forked calls failed", failures)
-    return BaseExceptionGroup("several forked calls failed", failures)  # type: ignore[name-defined]  # noqa: F821
+        return group("several forked calls failed", failures)  # type: ignore[type-var]
+    return BaseExceptionGroup("several forked calls failed", failures)  # type: ignore[name-defined,type-var]  # noqa: F821

@@ -9,7 +9,7 @@ work is done); the next fork starts new ones.
 import os
 import sys
 import threading
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 __all__ = ["Settings", "settings", "configure", "enabled"]
 
@@ -55,7 +55,7 @@ def _positive_int(name: str, value: object) -> int:
 def _from_environment() -> Settings:
     env = os.environ
     base = Settings(workers=_cpu_count(), start_method=_default_start_method())
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if env.get("AUTOFORK_WORKERS"):
         changes["workers"] = _positive_int("AUTOFORK_WORKERS", env["AUTOFORK_WORKERS"])
     if env.get("AUTOFORK_THREADS"):
@@ -124,7 +124,7 @@ def configure(
     ``stats`` / ``trace``: report per-function statistics at exit / write a Chrome trace file.
     """
     global _current
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if workers is not None:
         changes["workers"] = _positive_int("workers", workers)
     if threads is not None:

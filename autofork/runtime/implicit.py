@@ -15,7 +15,7 @@ raised sequentially (a note counts the others).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from . import config, engine, stats, worker
 from .errors import add_note
@@ -61,7 +61,7 @@ class Joiner:
                 tasks[:] = [t for t in tasks if t.state != DONE or t.failure is not None]
         return result
 
-    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> Literal[False]:
         if kind is not None and not issubclass(kind, Exception):
             return False  # KeyboardInterrupt, SystemExit: leave at once
         tasks, self._tasks = self._tasks, []

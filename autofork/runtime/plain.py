@@ -99,7 +99,7 @@ def _plain(fn: types.FunctionType, namespace: dict,
     for name in _global_names(original):
         value = namespace.get(name)
         if _is_rewritten_function(value, fn.__globals__):
-            replacement = _plain(value, namespace, copies)
+            replacement = _plain(value, namespace, copies)  # type: ignore[arg-type]
             if replacement is not None:
                 namespace[name] = replacement
     return plain

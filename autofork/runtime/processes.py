@@ -99,7 +99,9 @@ class _Worker:
     def sort_held(self) -> tuple[list, list, list]:
         """Split the held calls at a crash: (finished, running, never begun)."""
         started, finished = self.progress()
-        done, running, later = [], [], []
+        done: list[tuple] = []
+        running: list[tuple] = []
+        later: list[tuple] = []
         ids = list(self.held)
         cut = ids.index(finished) + 1 if finished in self.held else 0
         for task_id in ids[:cut]:
@@ -346,7 +348,7 @@ class ProcessPool:
                 self._room_freed.notify_all()
 
     def _send_batch(self, worker: _Worker) -> bool:
-        batch = []
+        batch: list[tuple] = []
         size = self._batch_size()
         while self._queue and len(batch) < size:
             entry = self._queue.popleft()
@@ -570,7 +572,7 @@ class _Blobs:
 def _pickle_chunk(chunk: Chunk) -> bytes:
     calls = [(item.args, item.kwargs) for item in chunk.items]
     for item in chunk.items:
-        item.args = item.kwargs = None  # type: ignore[assignment]  (sent; free them)
+        item.args = item.kwargs = None  # type: ignore[assignment]  # sent: free them
     try:
         return dumps(calls)
     except Exception:  # noqa: BLE001 - name the culprit, as fork() does for one call

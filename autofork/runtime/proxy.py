@@ -100,7 +100,7 @@ class ResultProxy(Generic[T]):
     def __deepcopy__(self, memo: dict) -> Any:
         return copy.deepcopy(_value(self), memo)
 
-    def __reduce_ex__(self, protocol: int) -> tuple:
+    def __reduce_ex__(self, protocol: Any) -> tuple:
         # operator.getitem((value,), 0) rebuilds the bare value wherever it is unpickled,
         # even where autofork is not installed.
         return (operator.getitem, ((_value(self),), 0))
@@ -131,7 +131,7 @@ def _resolve_future(future: Any) -> None:
         future.set_result(None)
 
 
-_set_task = ResultProxy._autofork_task.__set__  # type: ignore[attr-defined]
+_set_task = ResultProxy._autofork_task.__set__  # type: ignore[attr-defined,misc]
 
 
 @no_type_check
@@ -170,7 +170,7 @@ def _method(name: str) -> Callable[..., Any]:
     return lambda value, *args: getattr(value, name)(*args)
 
 
-_WAITING = {
+_WAITING: dict[str, Callable[..., Any]] = {
     "__call__": _call,
     "__getitem__": operator.getitem, "__setitem__": operator.setitem,
     "__delitem__": operator.delitem, "__contains__": operator.contains,
@@ -204,7 +204,7 @@ def _lazy(name: str, function: Callable[..., Any], reflected: bool = False) -> N
     setattr(ResultProxy, name, method)
 
 
-_BINARY = {
+_BINARY: dict[str, Callable[..., Any]] = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul,
     "truediv": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
     "pow": pow, "matmul": operator.matmul, "lshift": operator.lshift,
@@ -218,8 +218,9 @@ for _name, _function in _BINARY.items():
     if in_place is not None:
         _lazy(f"__i{_name}__", in_place)
 
-for _name, _function in {"neg": operator.neg, "pos": operator.pos,
-                         "invert": operator.invert, "abs": abs}.items():
+_UNARY: dict[str, Callable[..., Any]] = {"neg": operator.neg, "pos": operator.pos,
+                                       "invert": operator.invert, "abs": abs}
+for _name, _function in _UNARY.items():
     _lazy(f"__{_name}__", _function)
 
 del _name, _function

@@ -26,7 +26,7 @@ __all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE"]
 WAITING, QUEUED, RUNNING, DONE = 0, 1, 2, 3
 
 _local = threading.local()
-_unobserved: dict[int, "Task"] = {}  # failed, and nobody has seen the failure yet
+_unobserved: dict[int, Any] = {}  # tasks and chunk items that failed, unseen yet
 _live: set["Task"] = set()  # forked and not finished: waited for at exit
 
 
@@ -96,7 +96,8 @@ class Task:
         self._finish()
 
     def _finish(self) -> None:
-        self.args = self.kwargs = None  # type: ignore[assignment]  (free the inputs)
+        # Free the inputs: a finished task keeps only its outcome.
+        self.args = self.kwargs = None  # type: ignore[assignment]
         self.state = DONE
         _live.discard(self)
         self._latch.release()
@@ -217,7 +218,9 @@ class ChunkItem:
         self.kwargs = kwargs
         self.where = where  # (code, line) of the call site: cheaper than a Frame
 
-    name = Task.name
+    @property
+    def name(self) -> str:
+        return self.chunk.name
 
     @property
     def site(self) -> Optional[Frame]:
@@ -272,7 +275,8 @@ class ChunkItem:
         self.mark_observed()
         raise self.failure.exception()  # type: ignore[union-attr]
 
-    mark_observed = Task.mark_observed
+    def mark_observed(self) -> None:
+        _unobserved.pop(id(self), None)
 
 
 _callback_lock = threading.Lock()

@@ -174,7 +174,7 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
             started = task_id
             SLOT.pack_into(slot, 0, started, finished)
             fn = functions.get(fn_key)
-            if fn is None and fn_bytes is not None:
+            if fn is None:  # the parent sends a function's bytes with its first call here
                 fn = functions[fn_key] = _load_function(fn_bytes)
             begin = time.perf_counter()
             ok, outcome = _run_many(fn, call) if many else _run(fn, call, blobs if refs else None)
