@@ -322,3 +322,13 @@ def test_changing_the_settings_lets_running_coroutines_finish():
         assert evaluate(pending) == "done"
     finally:
         autofork.configure(threads=256)
+
+
+def test_a_new_lambda_in_every_iteration_is_kept_once():
+    from autofork.runtime import engine
+
+    results = [fork(lambda x: x + 1, i) for i in range(50)]
+    assert evaluate_all(results) == list(range(1, 51))
+    pool = engine.backend().pool
+    lambdas = [key for key, data in pool._data.items() if b"<lambda>" in data]
+    assert len(lambdas) <= 3  # the lambdas of this module's tests, not one per iteration

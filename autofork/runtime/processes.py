@@ -130,10 +130,16 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
 
 
 class _FunctionCache:
-    """Each function is pickled once; workers keep it under a small integer key."""
+    """Each function is pickled once; workers keep it under a small integer key.
+
+    Equal payloads share a key: a loop that forks ``lambda x: x + 1`` makes a new function
+    object each time, and without this every worker (and ``ProcessPool._data``) would
+    keep one copy per iteration.
+    """
 
     def __init__(self) -> None:
         self._by_id: dict[int, tuple[int, bytes, Any]] = {}
+        self._by_bytes: dict[bytes, int] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
 
@@ -148,7 +154,9 @@ class _FunctionCache:
         data = cloud_dumps(for_workers(fn))
         fn_id = id(fn)
         with self._lock:
-            key = next(self._keys)
+            key = self._by_bytes.get(data)
+            if key is None:
+                key = self._by_bytes[data] = next(self._keys)
             try:
                 ref: Any = weakref.ref(fn, lambda _: self._by_id.pop(fn_id, None))
             except TypeError:  # builtins take no weak references: keep them alive
