@@ -18,7 +18,16 @@ by the dispatcher (dataflow holds such calls back until their inputs are ready).
 
 Batching: the pool learns each function's mean run time from the outcomes, and sends a
 worker enough calls for about ``_BATCH_SECONDS`` of work at once (one call at a time
-until it knows better), keeping at most two batches in flight per worker.
+until it knows better), keeping a second batch in flight only when every worker has
+work.  A ``Chunk`` (granularity) is one queued task holding many short calls.
+
+While the dispatcher sleeps, a forking thread hands its call straight to an idle worker
+(``_send_direct``): one call at a time then costs two thread switches less.
+
+A worker writes the id of the call it starts and of the call it finishes into shared
+memory; when it dies, the pool fails the call it was running with ``WorkerCrashed``,
+re-queues those it had not begun, and starts a replacement.  A large immutable argument
+is pickled once and sent once per worker (``_Blobs``).
 """
 
 from __future__ import annotations
@@ -41,10 +50,10 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
+from . import stats
 from .errors import Failure, NotSendable, WorkerCrashed
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
-from . import stats
 from .task import QUEUED, Chunk, Task
 from .worker import SLOT
 
@@ -56,7 +65,6 @@ _BATCH_SECONDS = 0.004
 _MAX_BATCH = 512
 _MAX_FAILED_STARTS = 3
 _MAX_QUEUED = 10_000  # calls waiting to be sent; past it, fork() waits (back-pressure)
-_ids = itertools.count()
 
 
 class _Worker:
