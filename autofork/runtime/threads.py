@@ -2,8 +2,9 @@
 
 Threads start on demand, up to the configured number (256 by default, so that 200
 concurrent sleeps of 50 ms take about 50 ms), and end after ``_IDLE_SECONDS`` without
-work.  A thread that waits for a task still queued here takes it and runs it itself
-(``steal``), so forks inside forks never deadlock on a full pool.
+work.  A pool thread that waits for a task still queued here, or any thread when the
+pool is full, takes that task and runs it itself (``steal``), so forks inside forks
+never deadlock on a full pool; otherwise an I/O fork always runs on a pool thread.
 """
 
 from __future__ import annotations
