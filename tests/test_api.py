@@ -299,7 +299,7 @@ def test_a_large_immutable_argument_is_pickled_once_and_sent_once_per_worker():
     big = b"x" * (8 << 20)
     results = [fork(size_of, big) for _ in range(40)]
     assert evaluate_all(results) == [len(big)] * 40
-    pool = engine.backend().pool
+    pool = engine.backend()
     assert len(pool._blobs.data) == 1  # pickled once, kept under one key
     text = "y" * (2 << 20)
     assert fork(size_of, text) == len(text)
@@ -329,6 +329,6 @@ def test_a_new_lambda_in_every_iteration_is_kept_once():
 
     results = [fork(lambda x: x + 1, i) for i in range(50)]
     assert evaluate_all(results) == list(range(1, 51))
-    pool = engine.backend().pool
+    pool = engine.backend()
     lambdas = [key for key, data in pool._data.items() if b"<lambda>" in data]
     assert len(lambdas) <= 3  # the lambdas of this module's tests, not one per iteration

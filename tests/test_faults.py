@@ -205,7 +205,7 @@ def test_back_pressure_keeps_the_queue_bounded(monkeypatch):
     from autofork.runtime import engine, processes
 
     monkeypatch.setattr(processes, "_MAX_QUEUED", 40)
-    pool = engine.backend().pool
+    pool = engine.backend()
     evaluate(fork(nap, 0))
     longest = 0
     results = []

@@ -1,6 +1,6 @@
 """autofork's runtime: where forked calls run and how their results come back.
 
-    api.fork ──> Task ──> executor: processes.ProcessPool (cpu, via backend.Backend)
+    api.fork ──> Task ──> executor: processes.ProcessPool (cpu; or a cluster)
        │                            threads.ThreadPool    (io)
        │                            aio.EventLoopThread   (async)
        └──> proxy.ResultProxy ── waits on ──> Task ──> value, or errors.Failure re-raised

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from .dataflow import start_when_ready
 from .errors import Failure
-from .task import QUEUED, Task
+from .task import Task
 
 __all__ = ["EventLoopThread"]
 
@@ -35,11 +36,16 @@ class EventLoopThread:
         return loop
 
     def submit(self, task: Task) -> None:
+        """Start the coroutine on the loop (once the task's inputs are ready)."""
+        start_when_ready(task, self._call_soon)
+
+    def _call_soon(self, task: Task) -> None:
         task.executor = self
         self._running_loop().call_soon_threadsafe(self._begin, task)
 
     def steal(self, task: Task) -> bool:
-        return False  # a coroutine runs on the loop, never inline
+        """Never: a coroutine runs on the loop, not in the thread that waits for it."""
+        return False
 
     def _begin(self, task: Task) -> None:
         if not task.claim():
@@ -55,6 +61,7 @@ class EventLoopThread:
         future.add_done_callback(lambda done: _settle(task, done))
 
     def close(self, kill: bool = False) -> None:
+        """Stop the loop, after its running coroutines unless ``kill``."""
         loop = self._loop
         if loop is not None:
             if not kill and self._thread is not threading.current_thread():

@@ -9,8 +9,8 @@ from typing import (Any, Awaitable, Callable, Iterable, Iterator, Literal, Named
                     Optional, TypeVar, overload)
 
 from . import config, engine, stats, worker
-from .dataflow import scan, substitute, when_ready
 from .errors import add_note, call_site
+from .executor import Executor
 from .marks import kind_of
 from .proxy import ResultProxy, new_proxy, unwrap
 from .task import DONE, Task, _live
@@ -81,23 +81,12 @@ def _inline(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Any
 
 
 def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
-    """Create the task for a call, hand it to its executor (now, or when its inputs are
-    ready), and return it."""
+    """Create the task for a call, hand it to its executor (which holds it until its
+    inputs are ready), and return it."""
     task = Task(fn, args, kwargs, kind, call_site())
-    executor = _executor(kind)
-    seen, pending = scan(args, kwargs)
     _live.add(task)  # before submit: a task may be done when submit returns
     try:
-        if getattr(executor, "accepts_pending", False):
-            # This executor takes the proxies among the arguments itself (the dask backend
-            # passes those of its own tasks to Dask as futures, and holds the call for others).
-            executor.submit(task)
-        elif pending:
-            when_ready(task, pending, functools.partial(_submit_ready, executor))
-        else:
-            if seen:
-                task.args, task.kwargs = substitute(args, kwargs)
-            executor.submit(task)
+        _executor(kind).submit(task)
     except BaseException:
         _live.discard(task)  # not started: an argument that cannot be sent, say
         raise
@@ -109,23 +98,12 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
     return task
 
 
-def _executor(kind: str) -> Any:
+def _executor(kind: str) -> Executor:
     if kind == "io":
         return engine.threads()
     if kind == "async":
         return engine.event_loop()
     return engine.backend()
-
-
-def _submit_ready(executor: Any, task: Task) -> None:
-    try:
-        task.args, task.kwargs = substitute(task.args, task.kwargs)
-        executor.submit(task)
-    except BaseException as exc:  # noqa: BLE001 - e.g. an input that cannot be pickled
-        from .errors import Failure
-
-        if task.claim():
-            task.set_failure(Failure.local(exc, skip=0))
 
 
 # -- getting values -------------------------------------------------------------------

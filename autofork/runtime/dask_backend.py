@@ -20,7 +20,7 @@ Data flow::
 Invariants:
 
 * Each task accepted here is completed exactly once: ``_running`` holds the tasks sent
-  to Dask, and whoever pops a task from it (the collector, or ``shutdown``) completes it.
+  to Dask, and whoever pops a task from it (the collector, or ``close``) completes it.
 * Dataflow uses Dask's own dependency tracking: a proxy whose task runs on Dask travels
   as its Dask future (at any depth: the pickler sees every object), and the caller never
   waits.  Only a pending input that Dask does not know (an I/O-bound fork, a lazy
@@ -39,6 +39,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import os
@@ -53,9 +54,9 @@ from typing import Any, Optional
 from distributed import Client, Future
 
 from . import serialize, stats, worker
-from .backend import Backend
 from .dataflow import scan, when_ready
 from .errors import Failure, WorkerCrashed
+from .executor import submit_or_fail
 from .proxy import ResultProxy
 from .task import DONE, Task
 
@@ -225,11 +226,12 @@ def _pickle_call(backend: "DaskBackend", call: tuple) -> tuple[bytes, list[Futur
         return buffer.getvalue(), pickler.futures
 
 
-class DaskBackend(Backend):
-    """CPU-bound forks as tasks of the Dask cluster whose scheduler is at ``address``."""
+class DaskBackend:
+    """CPU-bound forks as tasks of the Dask cluster whose scheduler is at ``address``.
 
-    name = "dask"
-    accepts_pending = True  # api.start hands over calls whose arguments hold pending proxies
+    An ``executor.Engine``; it takes the pending proxies among a call's arguments itself
+    (those of its own tasks go to Dask as futures).
+    """
 
     def __init__(self, address: Optional[str]) -> None:
         global _CLIENT_HERE
@@ -274,16 +276,9 @@ class DaskBackend(Backend):
         _, pending = scan(task.args, task.kwargs)
         foreign = [t for t in pending if t not in self._futures]
         if foreign:
-            when_ready(task, foreign, self._send_later)
+            when_ready(task, foreign, functools.partial(submit_or_fail, self._send))
         else:
             self._send(task)
-
-    def _send_later(self, task: Task) -> None:
-        try:
-            self._send(task)
-        except BaseException as exc:  # noqa: BLE001 - e.g. an input that cannot be pickled
-            if task.claim():
-                task.set_failure(Failure.local(exc, skip=0))
 
     def _send(self, task: Task) -> None:
         try:
@@ -446,11 +441,18 @@ class DaskBackend(Backend):
         """Never: a CPU-bound call runs on the cluster."""
         return False
 
-    def cancel(self, task: Task) -> bool:
-        """Drop a task that waits for its inputs here; a task sent to Dask is not recalled."""
-        return task.state != DONE and task not in self._running and task.claim()
+    def start(self) -> None:
+        """Nothing to start: the client connected when this engine was made."""
 
-    def capacity(self) -> int:
+    def pending(self) -> int:
+        """Calls sent to Dask and not yet completed here."""
+        return len(self._running)
+
+    def mean_seconds(self, fn: Any) -> Optional[float]:
+        """Not measured on Dask (granularity measures only the local engine)."""
+        return None
+
+    def idle(self) -> int:
         """Threads of the cluster minus the calls in flight (the count refreshed each second)."""
         threads, when = self._threads
         now = time.monotonic()
@@ -462,7 +464,7 @@ class DaskBackend(Backend):
             self._threads = (threads, now)
         return max(0, threads - len(self._running))
 
-    def shutdown(self, kill: bool = False) -> None:
+    def close(self, kill: bool = False) -> None:
         """Wait for the calls in flight (or, with ``kill``, cancel them), then disconnect."""
         if self._closed:
             return

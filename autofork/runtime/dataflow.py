@@ -10,12 +10,14 @@ scanned: a proxy inside one is sent by value (pickling it waits for it).
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable
 
+from .executor import submit_or_fail
 from .task import DONE, QUEUED, WAITING, Task
 
-__all__ = ["scan", "substitute", "when_ready"]
+__all__ = ["scan", "substitute", "when_ready", "start_when_ready"]
 
 _SCAN_LIMIT = 256
 _NOT_FOUND = (False, ())
@@ -97,6 +99,28 @@ def when_ready(task: Task, inputs: list[Task], ready: Callable[[Task], None]) ->
 
     for source in inputs:
         source.add_done_callback(input_done)
+
+
+def start_when_ready(task: Task, send: Callable[[Task], None]) -> None:
+    """``send(task)`` now, or once the pending proxies among its arguments are ready.
+
+    Before ``send``, every proxy among the arguments is replaced by its value.  A ``send``
+    made later, from the callback of the last input, fails the task if it raises (an
+    input that cannot be pickled, say); a ``send`` made now raises to the caller.
+    """
+    seen, pending = scan(task.args, task.kwargs)
+    if pending:
+        when_ready(task, pending,
+                   functools.partial(submit_or_fail, functools.partial(_send_values, send)))
+        return
+    if seen:
+        task.args, task.kwargs = substitute(task.args, task.kwargs)
+    send(task)
+
+
+def _send_values(send: Callable[[Task], None], task: Task) -> None:
+    task.args, task.kwargs = substitute(task.args, task.kwargs)
+    send(task)
 
 
 from .proxy import ResultProxy  # noqa: E402 - proxy imports this module's users

@@ -10,6 +10,7 @@ kills every worker at once, before its traceback is even printed.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import sys
@@ -19,16 +20,18 @@ from typing import Any, Callable
 
 from . import config, stats
 from .aio import EventLoopThread
-from .backend import Backend, create
-from .task import Task, live_tasks, unobserved_failures
+from .executor import Engine, Executor
+from .task import live_tasks, unobserved_failures
 from .threads import ThreadPool
 
-__all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt", "prestart"]
+__all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt", "prestart",
+           "before_finish"]
 
 log = logging.getLogger("autofork")
 
 _lock = threading.RLock()
-_parts: dict[str, Any] = {}  # "backend", "threads", "loop": started on first use
+_parts: dict[str, Executor] = {}  # "backend", "threads", "loop": started on first use
+_before_finish: list[Callable[[], None]] = []
 _hooks_installed = False
 _failed_at_exit = False
 _interrupted = False
@@ -45,9 +48,31 @@ def _part(name: str, make: Callable[[config.Settings], Any]) -> Any:
     return part
 
 
-def backend() -> Backend:
-    """The backend for CPU-bound forks, started on first use."""
-    return _part("backend", create)
+def _local(settings: config.Settings) -> Engine:
+    from .processes import ProcessPool
+
+    return ProcessPool(settings.workers)
+
+
+def _dask(settings: config.Settings) -> Engine:
+    try:
+        module = importlib.import_module("autofork.runtime.dask_backend")
+    except ImportError as error:
+        raise ImportError(
+            "the dask backend needs the 'distributed' package: "
+            "pip install 'autofork[dask]'") from error
+    engine: Engine = module.DaskBackend(settings.address)
+    return engine
+
+
+# The engines for CPU-bound forks, by the name of ``configure(backend=...)``.  Optional
+# ones are imported only when selected, with an error that says what to install.
+_ENGINES: dict[str, Callable[[config.Settings], Engine]] = {"local": _local, "dask": _dask}
+
+
+def backend() -> Engine:
+    """The engine for CPU-bound forks, started on first use."""
+    return _part("backend", lambda settings: _ENGINES[settings.backend](settings))
 
 
 def threads() -> ThreadPool:
@@ -62,9 +87,8 @@ def event_loop() -> EventLoopThread:
 
 def prestart() -> None:
     """Start the worker processes now, in the background (rewritten code is about to fork)."""
-    current = config.settings()
-    if current.backend == "local":
-        backend().pool.start()  # type: ignore[attr-defined]
+    if config.settings().backend == "local":  # not a remote cluster: no connection yet
+        backend().start()
 
 
 def shutdown(kill: bool = False) -> None:
@@ -74,16 +98,15 @@ def shutdown(kill: bool = False) -> None:
         _parts.clear()
     for part in parts:
         try:
-            part.shutdown(kill=kill) if isinstance(part, Backend) else part.close(kill=kill)
+            part.close(kill=kill)
         except Exception:  # noqa: BLE001 - closing must go on
             log.exception("autofork: error while closing %r", part)
 
 
 def finish() -> bool:
     """Wait for every running fork and print the failures nobody saw.  True if any."""
-    from .granularity import flush_all
-
-    flush_all()
+    for callback in _before_finish:
+        callback()
     for task in live_tasks():
         task.wait()
     failures = unobserved_failures()
@@ -93,6 +116,11 @@ def finish() -> bool:
         print(f"autofork: {task.name}() failed and its result was never used:", file=sys.stderr)
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     return bool(failures)
+
+
+def before_finish(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` at the start of ``finish`` (granularity sends its open chunks)."""
+    _before_finish.append(callback)
 
 
 def interrupt() -> None:

@@ -37,6 +37,7 @@ from .api import fork as _fork
 from .api import start
 from .dataflow import scan
 from .errors import AutoforkWarning, NotSendable
+from .executor import Engine, submit_or_fail
 from .marks import kind_of
 from .plain import for_workers
 from .proxy import ResultProxy, new_proxy
@@ -125,7 +126,7 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     mean = known.mean
     if known.size and not (kwargs or _has_proxy(args)):
         return _chunked(fn, known, args, kwargs)  # the hot path of a short function
-    pool = engine.backend().pool  # type: ignore[attr-defined]
+    pool = engine.backend()
     if known.recursive:
         return _recursive(fn, known, pool, args, kwargs)
     if mean is None:
@@ -147,7 +148,7 @@ def _has_proxy(args: tuple) -> bool:
     return False
 
 
-def _recursive(fn: Callable[..., Any], known: _Function, pool: Any, args: tuple,
+def _recursive(fn: Callable[..., Any], known: _Function, pool: Engine, args: tuple,
                kwargs: dict) -> Any:
     """A function that calls itself forks only while a worker is idle.
 
@@ -206,7 +207,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
     with known.lock:
         chunk = known.chunk
         if chunk is None:
-            latest = engine.backend().pool.mean_seconds(fn)  # type: ignore[attr-defined]
+            latest = engine.backend().mean_seconds(fn)
             if latest is not None:
                 _settle(known, latest, fn)  # what the last chunks measured
             chunk = known.chunk = Chunk(fn)
@@ -227,13 +228,8 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
     return new_proxy(item)  # type: ignore[arg-type]
 
 
-def _send(chunk: Chunk) -> None:
-    try:
-        engine.backend().submit(chunk)
-    except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
-        from .errors import Failure
-
-        chunk.set_failure(Failure.local(exc, skip=0))
+def _send(chunk: Task) -> None:
+    submit_or_fail(engine.backend().submit, chunk)
 
 
 def _flush(known: _Function) -> None:
@@ -250,8 +246,12 @@ def flush_all() -> None:
             _flush(known)
 
 
+engine.before_finish(flush_all)
+
+
 class _Flusher:
-    """Sends chunks that wait too long, and the chunk of an item somebody waits for."""
+    """The executor of open chunks: sends a chunk to the engine when it waits too long,
+    or when somebody waits for one of its calls."""
 
     def __init__(self) -> None:
         self._open: dict[Any, _Function] = {}
@@ -267,12 +267,20 @@ class _Flusher:
                 self._thread.start()
             self._wake.notify()
 
+    def submit(self, chunk: Task) -> None:
+        """Send a chunk to the engine now."""
+        _send(chunk)
+
     def steal(self, chunk: Task) -> bool:
         """Somebody waits for a call of an open chunk: send it now (to a worker)."""
         known = _functions.get(chunk.fn)
         if known is not None and known.chunk is chunk:
             _flush(known)
         return False
+
+    def close(self, kill: bool = False) -> None:
+        """Send every open chunk."""
+        flush_all()
 
     def _run(self) -> None:
         while True:

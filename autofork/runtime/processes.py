@@ -52,9 +52,10 @@ from typing import Any, Callable, Optional
 
 from . import stats
 from .errors import Failure, NotSendable, WorkerCrashed
+from .dataflow import start_when_ready
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
-from .task import QUEUED, Chunk, Task
+from .task import Chunk, Task
 from .worker import SLOT
 
 __all__ = ["ProcessPool"]
@@ -209,7 +210,11 @@ class ProcessPool:
     # -- the caller's side ---------------------------------------------------------
 
     def submit(self, task: Task) -> None:
-        """Queue ``task``; raises TypeError naming what cannot be pickled."""
+        """Queue ``task`` (once its inputs are ready); raises NotSendable naming what
+        cannot be pickled."""
+        start_when_ready(task, self._enqueue)
+
+    def _enqueue(self, task: Task) -> None:
         if self._closing:
             raise RuntimeError("autofork's process pool is closed (its workers could not start, "
                                "or the program is exiting)")
@@ -449,9 +454,7 @@ class ProcessPool:
                 task.set_failure(_crash_failure(task, cause, "autofork was shutting down"))
             return
         for entry in reversed(later):
-            task = entry[0]
-            task._claim.append(True)
-            task.state = QUEUED
+            entry[0].requeue()
             self._queue.appendleft(entry)
         replacement = _Worker(list(sys.path))
         self._workers[replacement.conn] = replacement

@@ -3,7 +3,8 @@
 A task moves WAITING (for pending inputs) -> QUEUED -> RUNNING -> DONE.  Whoever
 *claims* a queued task runs it: a pool thread, a worker's sender, or a thread that waits
 for it and finds it still queued (so a thread waiting on its own pool never deadlocks).
-Claiming is a ``list.pop`` on a one-item list: atomic, so exactly one claimer wins.
+Claiming is a ``list.pop`` on a one-item list: atomic, so exactly one claimer wins
+(``requeue`` puts the item back when a worker died before beginning the task).
 
 Completion releases a lock that was taken at creation (a latch: each waiter acquires
 and releases it), then runs the done-callbacks.  Callbacks that complete further tasks
@@ -17,9 +18,12 @@ import pickle
 import sys
 import threading
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .errors import Failure, Frame
+
+if TYPE_CHECKING:  # typing only: executor.py builds on this module
+    from .executor import Executor
 
 __all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE"]
 
@@ -51,9 +55,9 @@ class Task:
         self._callbacks: Optional[list] = None
         self._claim = [True]
         self.inputs: Optional[list[Task]] = None  # pending inputs, while WAITING
-        # The executor runs the task once claimed: an object with run(task) and, for a
-        # task that waited on inputs, submit(task).  None for a lazy operator.
-        self.executor: Any = None
+        # The executor that holds the task while it is queued, asked to steal it when
+        # somebody waits for it.  None while WAITING, and for a lazy operator.
+        self.executor: Optional[Executor] = None
 
     @property
     def name(self) -> str:
@@ -70,6 +74,12 @@ class Task:
             return False
         self.state = RUNNING
         return True
+
+    def requeue(self) -> None:
+        """Give a claimed task back, unstarted (its worker died before beginning it): it
+        is QUEUED again, and the next ``claim`` wins it, as the first one did."""
+        self._claim.append(True)
+        self.state = QUEUED
 
     def run_here(self) -> None:
         """Run a claimed task in this thread and record its outcome."""
@@ -232,7 +242,7 @@ class ChunkItem:
         return self.chunk.state
 
     @property
-    def executor(self) -> Any:
+    def executor(self) -> Optional[Executor]:
         return self.chunk.executor
 
     def done(self) -> bool:

@@ -17,6 +17,7 @@ import time
 from typing import Optional
 
 from . import stats
+from .dataflow import start_when_ready
 from .task import QUEUED, Task
 
 __all__ = ["ThreadPool"]
@@ -37,6 +38,10 @@ class ThreadPool:
         self._members: set[int] = set()  # idents of the pool's threads
 
     def submit(self, task: Task) -> None:
+        """Queue ``task`` for a pool thread (once its inputs are ready)."""
+        start_when_ready(task, self._put)
+
+    def _put(self, task: Task) -> None:
         task.executor = self
         self._queue.put(task)
         if self._idle.acquire(blocking=False):
@@ -63,6 +68,8 @@ class ThreadPool:
         return False
 
     def close(self, kill: bool = False) -> None:
+        """Let the threads end once the tasks queued before are done (``kill`` too: a
+        thread cannot be stopped)."""
         self._closing = True
         with self._lock:
             for _ in range(self._count):
