@@ -13,16 +13,18 @@ Three passes, none of them libcst's metadata providers (on a 3,000-line module
 
 1. ``needs_rewrite``: stdlib ``ast`` only.  A module that neither marks a function
    nor imports one that is marked is returned untouched, as the very same ``str``.
-2. ``_Analyzer``: one walk over the libcst tree with a scope stack of our own
-   (``_Scope``: the bindings of a module, class, function, lambda or comprehension,
-   with ``global``/``nonlocal``).  It records the call sites, the ``is``/``type()``/
-   ``id()``/``match`` uses of names, the loops and the "regions" (bodies of a module,
-   function, ``try`` or ``with``), each with the path of nodes that leads to it.
-   Names are resolved after the walk, flow-insensitively: a name resolves to a
-   marked function only when *every* binding of it in the scope Python would look
-   it up in is that marked function.  Anything else (a parameter, an assignment, a
-   loop variable, an import of something else, a star import that may shadow it)
-   leaves the call plain.
+2. One walk over the libcst tree with a scope stack of our own, in three layers that
+   each read on their own: ``_ScopeWalker`` (the bodies, and the bindings of every
+   module, class, function, lambda and comprehension scope, kept in ``Scopes``, with
+   ``global``/``nonlocal``), ``_LoopWalker`` (the loops of each body) and
+   ``_CallRecorder`` (the call sites, the ``is``/``type()``/``id()``/``match`` uses of
+   names, the names assigned a call's value), each with the path of nodes that leads
+   to it.  ``Scopes`` then resolves names, flow-insensitively: a name resolves to a
+   marked function only when *every* binding of it in the scope Python would look it
+   up in is that marked function.  Anything else (a parameter, an assignment, a loop
+   variable, an import of something else, a star import that may shadow it) leaves
+   the call plain.  ``_Plan`` decides what to rewrite; ``autofork.effects`` reads the
+   marked functions through the same ``Scopes``.
 3. ``_Rewriter``: rebuilds only the nodes on the paths to a change; every other node
    is the parser's own object, so the user's text comes back byte for byte.
 
@@ -30,8 +32,9 @@ Where discarded forks are joined: around the outermost loop that contains them
 inside their innermost region, or around the rest of that region when no loop
 does.  Regions are function bodies, the module body, ``try`` bodies and ``with``
 bodies, so an ``except`` clause or a context manager sees a fork's exception as it
-saw the sequential one.  Value-producing calls inside a ``try``/``with`` body are
-left plain: a lazy proxy would carry their exception out of the block.
+saw the sequential one.  A value-producing call inside a ``try``/``with`` body is
+forked through the body's ``Joiner`` too (``Joiner.fork`` returns its proxy), so its
+exception surfaces before the body ends, where the same clauses see it.
 
 What is rewritten: calls of marked functions defined in the module (top level, nested,
 recursive), imported by ``from m import f [as g]`` (relative ones too) or called as
@@ -45,7 +48,7 @@ the enclosing class, with any arguments (``*args``, ``**kwargs``), in any expres
 - marked generators and async generators (a warning names them at import);
 - ``await f(...)``, a discarded call of a local ``async def`` (it only made a coroutine);
 - a call directly under ``is``, ``type()``, ``id()`` or as a ``match`` subject;
-- a discarded call in a class body; a value call in a ``try`` or ``with`` body;
+- a discarded call in a class body;
 - ``obj.m(...)`` on anything but ``self``, ``super().m()``, ``Class.m(obj)``, a function
   re-exported by a module that only imports it, a mark applied as ``f = implicit_fork(g)``.
 
@@ -457,28 +460,35 @@ def _init_tables(libcst: Any) -> None:
     _LEAVES = frozenset(leaves)
 
 
-class _Binding:
-    """What a name is bound to; the base class stands for "something else"."""
+# ------------------------------------------------------------ scopes and what names bind
+
+
+class Binding:
+    """What a name is bound to; the base class (``OTHER``) stands for "something else"."""
 
     __slots__ = ()
 
 
-_OTHER = _Binding()
+OTHER = Binding()
 
 
-class _Def(_Binding):
+class Def(Binding):
+    """A ``def``; its fork ``kind`` (None: not a forkable marked function) is set by ``Scopes.finish``."""
+
     __slots__ = ("node", "scope", "body_scope", "kind", "generator_mark", "order")
 
-    def __init__(self, node: cst.FunctionDef, scope: _Scope, order: Optional[int]) -> None:
+    def __init__(self, node: cst.FunctionDef, scope: Scope, order: Optional[int]) -> None:
         self.node = node
         self.scope = scope            # where its decorators are evaluated
         self.order = order            # index of a module-level def among the module's statements
-        self.body_scope: Optional[_Scope] = None
-        self.kind: Optional[str] = None  # filled after the walk
+        self.body_scope: Optional[Scope] = None
+        self.kind: Optional[str] = None
         self.generator_mark: Optional[str] = None
 
 
-class _FromImport(_Binding):
+class FromImport(Binding):
+    """``from module import name``."""
+
     __slots__ = ("module", "name")
 
     def __init__(self, module: str, name: str) -> None:
@@ -486,39 +496,43 @@ class _FromImport(_Binding):
         self.name = name
 
 
-class _ModuleImport(_Binding):
+class ModuleImport(Binding):
+    """``import module`` (the name is bound to ``module``, maybe a package's root)."""
+
     __slots__ = ("module",)
 
     def __init__(self, module: str) -> None:
         self.module = module
 
 
-class _Mark(_Binding):
+class Mark(Binding):
+    """One of autofork's marks, imported by name."""
+
     __slots__ = ("word",)
 
     def __init__(self, word: str) -> None:
         self.word = word
 
 
-class _Self(_Binding):
+class SelfParam(Binding):
     """The first parameter of a method: ``self.m(...)`` looks ``m`` up in ``cls``."""
 
     __slots__ = ("cls",)
 
-    def __init__(self, cls: _Scope) -> None:
+    def __init__(self, cls: Scope) -> None:
         self.cls = cls
 
 
-class _Scope:
+class Scope:
     """The bindings of one module, class, function, lambda or comprehension scope."""
 
     __slots__ = ("kind", "parent", "bindings", "globals", "nonlocals", "stars", "fork_names",
                  "is_generator")
 
-    def __init__(self, kind: str, parent: Optional[_Scope]) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, parent: Optional[Scope]) -> None:
+        self.kind = kind              # module, class, function, lambda, comp
         self.parent = parent
-        self.bindings: dict[str, list[_Binding]] = {}
+        self.bindings: dict[str, list[Binding]] = {}
         self.globals: set[str] = set()
         self.nonlocals: set[str] = set()
         self.stars: list[str] = []
@@ -526,8 +540,193 @@ class _Scope:
         self.is_generator = False
 
 
+class Scopes:
+    """The scopes of one module and name lookup in them.
+
+    ``_ScopeWalker`` fills it during its walk (``open``, ``bind``, ``defs``);
+    ``finish`` completes it (``nonlocal`` bindings, the marks of every def).  Then
+    ``scope_of(node)`` is the scope a def, lambda, class or comprehension node opens,
+    ``lookup(scope, name)`` the bindings Python would find for ``name`` there, and
+    ``callee(func, scope)`` what a called expression is.  The rewriter and
+    ``autofork.effects`` read the module through these, so that both agree on what a
+    name means.
+    """
+
+    def __init__(self, package: Optional[str], resolve: _MemoResolver) -> None:
+        self.package = package
+        self.resolve = resolve
+        self.module = Scope("module", None)
+        self.defs: list[Def] = []
+        self.generator_defs: list[Def] = []
+        self.star_order = -1          # index of the last module statement with a star import
+        self._by_node: dict[int, Scope] = {}
+        self._pending_nonlocal: list[tuple[Scope, str, Binding]] = []
+
+    # ---- filled during the walk
+
+    def open(self, kind: str, parent: Scope, node: cst.CSTNode) -> Scope:
+        """A new scope of ``kind`` inside ``parent``, opened by ``node``."""
+        scope = Scope(kind, parent)
+        self._by_node[id(node)] = scope
+        return scope
+
+    def bind(self, name: str, binding: Binding, scope: Scope) -> Scope:
+        """Record a binding of ``name`` made in ``scope``; the scope that gets it."""
+        if name in scope.globals:
+            scope = self.module
+        elif name in scope.nonlocals:
+            self._pending_nonlocal.append((scope, name, binding))
+            return scope
+        scope.bindings.setdefault(name, []).append(binding)
+        return scope
+
+    def binding_scope(self, name: str, scope: Scope) -> Optional[Scope]:
+        """The scope an assignment to ``name`` in ``scope`` binds (None for a nonlocal)."""
+        if name in scope.globals:
+            return self.module
+        if name in scope.nonlocals:
+            return None
+        return scope
+
+    def finish(self) -> None:
+        """After the walk: place the ``nonlocal`` bindings, resolve the marks of every def."""
+        for scope, name, binding in self._pending_nonlocal:
+            target = scope.parent
+            while target is not None and (target.kind == "class" or name not in target.bindings):
+                target = target.parent
+            (target or self.module).bindings.setdefault(name, []).append(binding)
+        self._pending_nonlocal = []
+        for definition in self.defs:
+            if not definition.node.decorators:
+                continue
+            words = [self.mark_of(d.decorator, definition.scope) for d in definition.node.decorators]
+            kind = _kind_of(w for w in words if w)
+            body = definition.body_scope
+            if kind is not None and body is not None and body.is_generator:
+                definition.generator_mark = next(w for w in words if w in _FORK_MARKS)
+                self.generator_defs.append(definition)
+                kind = None
+            definition.kind = kind
+
+    # ---- asked after the walk
+
+    def scope_of(self, node: cst.CSTNode) -> Optional[Scope]:
+        """The scope ``node`` (a def, lambda, class or comprehension) opens."""
+        return self._by_node.get(id(node))
+
+    def lookup(self, scope: Scope, name: str) -> tuple[Optional[Scope], list[Binding]]:
+        """The scope Python finds ``name`` in from ``scope``, and its bindings there."""
+        module = self.module
+        current: Optional[Scope] = scope
+        first = True
+        while current is not None:
+            if current.kind == "class" and not first:
+                current = current.parent
+                continue
+            if name in current.globals:
+                current = module
+                break
+            if name not in current.nonlocals and name in current.bindings:
+                break
+            first = False
+            current = current.parent
+        found = current.bindings.get(name, []) if current is not None else []
+        if (current is None or current is module) and module.stars:
+            # Module-level defs that come after every star import are not shadowed by them.
+            explicit = bool(found) and not all(
+                isinstance(b, Def) and b.order is not None and b.order > self.star_order
+                for b in found)
+            if explicit or not found:
+                found = [*found, *self._star_bindings(name, explicit)]
+            if found:
+                current = module
+        return current, found
+
+    def _star_bindings(self, name: str, explicit: bool) -> list[Binding]:
+        out: list[Binding] = []
+        for module in self.module.stars:
+            if _is_autofork(module):
+                if name in _ALL_MARKS:
+                    out.append(Mark(name))
+            elif not name.startswith("_") and name in self.resolve(module):
+                out.append(FromImport(module, name))
+            elif explicit:
+                out.append(OTHER)   # the star import may rebind it
+        return out
+
+    def binding_kind(self, binding: Binding) -> Optional[str]:
+        """The fork kind of a marked function ``binding`` is, else None."""
+        if isinstance(binding, Def):
+            return binding.kind
+        if isinstance(binding, FromImport):
+            return self.resolve(binding.module).get(binding.name)
+        return None
+
+    def bindings_kind(self, bindings: Sequence[Binding]) -> Optional[str]:
+        """The fork kind when every binding is a marked function of the same kind."""
+        kinds = {self.binding_kind(b) for b in bindings}
+        if len(kinds) == 1 and None not in kinds:
+            return kinds.pop()
+        return None
+
+    def mark_of(self, expression: cst.BaseExpression, scope: Scope) -> Optional[str]:
+        """The mark word a decorator expression spells, if it is one of autofork's."""
+        c = _cst
+        if isinstance(expression, c.Name):
+            words = {b.word if isinstance(b, Mark) else None
+                     for b in self.lookup(scope, expression.value)[1]}
+            return words.pop() if len(words) == 1 else None
+        if isinstance(expression, c.Attribute) and expression.attr.value in _ALL_MARKS:
+            root = expression.value
+            while isinstance(root, c.Attribute):
+                root = root.value
+            if isinstance(root, c.Name):
+                bindings = self.lookup(scope, root.value)[1]
+                if bindings and all(isinstance(b, ModuleImport) and _is_autofork(b.module)
+                                    for b in bindings):
+                    return expression.attr.value
+        return None
+
+    def callee(self, func: cst.BaseExpression, scope: Scope) -> tuple[Optional[str], list[Binding]]:
+        """(fork kind, bindings) of a callee expression; kind None when it is not a marked function."""
+        c = _cst
+        if isinstance(func, c.Name):
+            bindings = self.lookup(scope, func.value)[1]
+            return self.bindings_kind(bindings), bindings
+        parts: list[str] = []
+        node = func
+        while isinstance(node, c.Attribute):
+            parts.append(node.attr.value)
+            node = node.value
+        if not isinstance(node, c.Name):
+            return None, []
+        parts.reverse()
+        attr, middle = parts[-1], parts[:-1]
+        bindings = self.lookup(scope, node.value)[1]
+        if not bindings:
+            return None, []
+        if not middle and all(isinstance(b, SelfParam) for b in bindings):
+            classes = {id(b.cls): b.cls for b in bindings if isinstance(b, SelfParam)}
+            if len(classes) == 1:
+                members = next(iter(classes.values())).bindings.get(attr, [])
+                return self.bindings_kind(members), members
+            return None, []
+        modules = set()
+        for binding in bindings:
+            if isinstance(binding, ModuleImport):
+                modules.add(".".join([binding.module, *middle]))
+            elif isinstance(binding, FromImport):
+                modules.add(".".join([binding.module, binding.name, *middle]))
+            else:
+                return None, []
+        if len(modules) != 1:
+            return None, []
+        return self.resolve(modules.pop()).get(attr), []
+
+
 class _Region:
-    """A body whose discarded forks must be joined before it ends."""
+    """A body whose discarded forks must be joined before it ends (module, function,
+    class, ``try`` or ``with`` body), and the index of its statement being walked."""
 
     __slots__ = ("kind", "suite", "loops", "top", "path", "rest_start", "rest_joiner")
 
@@ -544,7 +743,7 @@ class _Region:
 @dataclasses.dataclass
 class _CallSite:
     call: cst.Call
-    scope: _Scope
+    scope: Scope
     path: tuple[cst.CSTNode, ...]
     context: str                      # value, stmt, comp, plain
     region: _Region
@@ -555,7 +754,7 @@ class _CallSite:
 @dataclasses.dataclass
 class _NameUse:
     name: cst.Name
-    scope: _Scope
+    scope: Scope
     path: tuple[cst.CSTNode, ...]
     needs_builtin: Optional[str] = None   # "type"/"id": only when that name is the builtin
 
@@ -594,34 +793,24 @@ def _params(params: cst.Parameters) -> list[cst.Param]:
     return out
 
 
-class _Analyzer:
-    """Walks a libcst module once, then decides what to rewrite (see the module docstring)."""
+# ------------------------------------------------------------------------- the walk
 
-    def __init__(self, module_name: str, package: Optional[str], resolve: _MemoResolver) -> None:
+
+class _ScopeWalker:
+    """One walk over a libcst module: the bodies (regions) and the bindings of every scope.
+
+    ``visit`` dispatches on the node type through ``handlers``; subclasses add handlers
+    and override the hooks ``_loop_body`` (a loop's body and ``else``) and
+    ``_assigned`` (``name = <value>``).  ``path`` is the chain of nodes from the module
+    to the node being visited; ``region`` the body being walked; ``scope`` the scope.
+    """
+
+    def __init__(self, scopes: Scopes) -> None:
         c = _cst
-        self.package = _package_of(module_name, package)
-        self.resolve = resolve
+        self.scopes = scopes
         self.path: list[cst.CSTNode] = []
-        self.module_scope = _Scope("module", None)
-        self.scope = self.module_scope
+        self.scope = scopes.module
         self.region = _Region("module", c.Module(body=()))
-        self.calls: list[_CallSite] = []
-        self.name_uses: list[_NameUse] = []
-        self.assigned: list[tuple[_Scope, str, cst.Call]] = []
-        self.contexts: dict[int, str] = {}
-        self.pending_nonlocal: list[tuple[_Scope, str, _Binding]] = []
-        self.defs: list[_Def] = []
-        self.loop_paths: dict[int, tuple[cst.CSTNode, ...]] = {}
-        self.runtime_alias: Optional[str] = None
-        self.star_order = -1
-        # decisions
-        self.rewrites: dict[int, Optional[str]] = {}   # id(call) -> joiner name, None for a value fork
-        self.unwraps: set[int] = set()
-        self.loop_joiners: dict[int, str] = {}
-        self.rest_wraps: dict[int, tuple[int, str]] = {}
-        self.dirty: set[int] = set()
-        self.generator_defs: list[_Def] = []
-        self.joiner_count = 0
         self.handlers: dict[type, Callable[[Any], None]] = {
             c.Module: self._v_module, c.IndentedBlock: self._v_block,
             c.SimpleStatementSuite: self._v_suite, c.FunctionDef: self._v_function,
@@ -633,13 +822,10 @@ class _Analyzer:
             c.Try: self._v_try, c.TryStar: self._v_try, c.ExceptHandler: self._v_except,
             c.ExceptStarHandler: self._v_except, c.NamedExpr: self._v_walrus, c.Del: self._v_del,
             c.Global: self._v_global, c.Nonlocal: self._v_nonlocal, c.Import: self._v_import,
-            c.ImportFrom: self._v_import_from, c.Expr: self._v_expr, c.Await: self._v_await,
-            c.Match: self._v_match, c.MatchAs: self._v_match_as, c.MatchStar: self._v_match_star,
-            c.MatchMapping: self._v_match_mapping, c.Comparison: self._v_comparison,
-            c.Call: self._v_call, c.Yield: self._v_yield,
+            c.ImportFrom: self._v_import_from, c.MatchAs: self._v_match_as,
+            c.MatchStar: self._v_match_star, c.MatchMapping: self._v_match_mapping,
+            c.Yield: self._v_yield,
         }
-
-    # ---- walking
 
     def visit(self, node: cst.CSTNode) -> None:
         self.path.append(node)
@@ -666,29 +852,24 @@ class _Analyzer:
         if isinstance(node, _cst.CSTNode):
             self.visit(node)
 
+    # ---- hooks
+
+    def _loop_body(self, node: Union[cst.For, cst.While]) -> None:
+        self.visit(node.body)
+        self.visit_optional(node.orelse)
+
+    def _assigned(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression],
+                  scope: Optional[Scope]) -> None:
+        """``target = value`` binds ``target`` in ``scope`` (None: a nonlocal)."""
+
+    # ---- bodies
+
     def _v_module(self, node: cst.Module) -> None:
         self.region = _Region("module", node)
         self.region.path = tuple(self.path)
         for index, stmt in enumerate(node.body):
             self.region.top = index
             self.visit(stmt)
-            if self.runtime_alias is None:
-                self._note_runtime_import(stmt)
-
-    def _note_runtime_import(self, stmt: cst.CSTNode) -> None:
-        c = _cst
-        if not isinstance(stmt, c.SimpleStatementLine):
-            return
-        for small in stmt.body:
-            if (isinstance(small, c.ImportFrom) and small.module is not None and not small.relative
-                    and _dotted(small.module) == _RUNTIME_MODULE
-                    and not isinstance(small.names, c.ImportStar)):
-                for alias in small.names:
-                    if (isinstance(alias.name, c.Name) and alias.name.value == _RUNTIME_NAME
-                            and alias.asname is not None):
-                        local = alias.asname.name
-                        if isinstance(local, c.Name) and local.value.startswith(_PREFIX):
-                            self.runtime_alias = local.value
 
     def _v_block(self, node: cst.IndentedBlock) -> None:
         region = self.region
@@ -708,13 +889,27 @@ class _Analyzer:
         for stmt in node.body:
             self.visit(stmt)
 
-    def _in_region(self, kind: str, suite: cst.CSTNode, scope: Optional[_Scope] = None) -> None:
+    def _in_region(self, kind: str, suite: cst.CSTNode, scope: Optional[Scope] = None) -> None:
         saved = self.region, self.scope
         self.region = _Region(kind, suite)
         if scope is not None:
             self.scope = scope
         self.visit(suite)
         self.region, self.scope = saved
+
+    def _v_with(self, node: cst.With) -> None:
+        for item in node.items:
+            self.visit(item)
+        self._in_region("with", node.body)
+
+    def _v_try(self, node: Union[cst.Try, cst.TryStar]) -> None:
+        self._in_region("try", node.body)
+        for handler in node.handlers:
+            self.visit(handler)
+        self.visit_optional(node.orelse)
+        self.visit_optional(node.finalbody)
+
+    # ---- scopes
 
     def _v_function(self, node: cst.FunctionDef) -> None:
         c = _cst
@@ -724,12 +919,11 @@ class _Analyzer:
         if node.returns is not None:
             self.visit(node.returns)
         order = self.region.top if self.region.kind == "module" and self.scope.kind == "module" else None
-        definition = _Def(node, self.scope, order)
-        self.defs.append(definition)
+        definition = Def(node, self.scope, order)
+        self.scopes.defs.append(definition)
         self.bind(node.name.value, definition)
-        inner = _Scope("function", self.scope)
+        inner = self.scopes.open("function", self.scope, node)
         definition.body_scope = inner
-        params = _params(node.params)
         self_param = None
         if self.scope.kind == "class" and not any(
                 isinstance(d.decorator, c.Name) and d.decorator.value == "staticmethod"
@@ -737,8 +931,8 @@ class _Analyzer:
             positional = [*node.params.posonly_params, *node.params.params]
             if positional:
                 self_param = positional[0].name.value
-        for param in params:
-            binding: _Binding = _Self(self.scope) if param.name.value == self_param else _OTHER
+        for param in _params(node.params):
+            binding: Binding = SelfParam(self.scope) if param.name.value == self_param else OTHER
             inner.bindings.setdefault(param.name.value, []).append(binding)
         self._in_region("function", node.body, inner)
 
@@ -755,9 +949,9 @@ class _Analyzer:
 
     def _v_lambda(self, node: cst.Lambda) -> None:
         self._visit_param_parts(node.params)
-        inner = _Scope("lambda", self.scope)
+        inner = self.scopes.open("lambda", self.scope, node)
         for param in _params(node.params):
-            inner.bindings.setdefault(param.name.value, []).append(_OTHER)
+            inner.bindings.setdefault(param.name.value, []).append(OTHER)
         saved = self.scope
         self.scope = inner
         self.visit(node.body)
@@ -768,8 +962,8 @@ class _Analyzer:
             self.visit(decorator)
         for arg in (*node.bases, *node.keywords):
             self.visit(arg)
-        self.bind(node.name.value, _OTHER)
-        self._in_region("class", node.body, _Scope("class", self.scope))
+        self.bind(node.name.value, OTHER)
+        self._in_region("class", node.body, self.scopes.open("class", self.scope, node))
 
     def _v_comp(self, node: Any) -> None:
         first = node.for_in
@@ -777,7 +971,7 @@ class _Analyzer:
         self.visit(first.iter)   # the first iterable is evaluated in the enclosing scope
         self.path.pop()
         saved = self.scope
-        self.scope = _Scope("comp", saved)
+        self.scope = self.scopes.open("comp", saved, node)
         depth = 0
         clause = first
         while clause is not None:
@@ -794,7 +988,21 @@ class _Analyzer:
             self.visit_optional(getattr(node, field, None))
         self.scope = saved
 
-    def target(self, node: cst.BaseExpression, binding: _Binding = _OTHER) -> Optional[_Scope]:
+    def _v_yield(self, node: cst.Yield) -> None:
+        scope: Optional[Scope] = self.scope
+        while scope is not None and scope.kind == "comp":
+            scope = scope.parent
+        if scope is not None:
+            scope.is_generator = True
+        self.visit_optional(node.value)
+
+    # ---- bindings
+
+    def bind(self, name: str, binding: Binding, scope: Optional[Scope] = None) -> Scope:
+        """Record a binding of ``name`` made in ``scope`` (default: the current one)."""
+        return self.scopes.bind(name, binding, scope or self.scope)
+
+    def target(self, node: cst.BaseExpression, binding: Binding = OTHER) -> Optional[Scope]:
         """Bind the names of an assignment target; walk the loads inside it."""
         c = _cst
         if isinstance(node, c.Name):
@@ -814,39 +1022,16 @@ class _Analyzer:
             self.visit(node)
         return None
 
-    def bind(self, name: str, binding: _Binding, scope: Optional[_Scope] = None) -> _Scope:
-        """Record a binding of ``name`` made in ``scope`` (default: the current one)."""
-        scope = scope or self.scope
-        if name in scope.globals:
-            scope = self.module_scope
-        elif name in scope.nonlocals:
-            self.pending_nonlocal.append((scope, name, binding))
-            return scope
-        scope.bindings.setdefault(name, []).append(binding)
-        return scope
-
-    def _note_assigned(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression],
-                       scope: Optional[_Scope]) -> None:
-        if scope is not None and isinstance(target, _cst.Name) and value is not None:
-            for call in _result_calls(value):
-                self.assigned.append((scope, target.value, call))
+    def _binding_scope(self, target: cst.BaseExpression) -> Optional[Scope]:
+        if not isinstance(target, _cst.Name):
+            return None
+        return self.scopes.binding_scope(target.value, self.scope)
 
     def _v_assign(self, node: cst.Assign) -> None:
         for target in node.targets:
             self.visit(target)
-            self._note_assigned(target.target, node.value, self._binding_scope(target.target))
+            self._assigned(target.target, node.value, self._binding_scope(target.target))
         self.visit(node.value)
-
-    def _binding_scope(self, target: cst.BaseExpression) -> Optional[_Scope]:
-        if not isinstance(target, _cst.Name):
-            return None
-        name = target.value
-        scope = self.scope
-        if name in scope.globals:
-            return self.module_scope
-        if name in scope.nonlocals:
-            return None
-        return scope
 
     def _v_assign_target(self, node: cst.AssignTarget) -> None:
         self.target(node.target)
@@ -855,21 +1040,12 @@ class _Analyzer:
         self.target(node.target)
         self.visit(node.annotation)
         if node.value is not None:
-            self._note_assigned(node.target, node.value, self._binding_scope(node.target))
+            self._assigned(node.target, node.value, self._binding_scope(node.target))
             self.visit(node.value)
 
     def _v_aug_assign(self, node: cst.AugAssign) -> None:
         self.target(node.target)
         self.visit(node.value)
-
-    def _loop_body(self, node: Union[cst.For, cst.While]) -> None:
-        loops = self.region.loops
-        loops.append(node)
-        if len(loops) == 1:
-            self.loop_paths[id(node)] = tuple(self.path)
-        self.visit(node.body)
-        self.visit_optional(node.orelse)
-        loops.pop()
 
     def _v_for(self, node: cst.For) -> None:
         self.target(node.target)
@@ -880,24 +1056,12 @@ class _Analyzer:
         self.visit(node.test)
         self._loop_body(node)
 
-    def _v_with(self, node: cst.With) -> None:
-        for item in node.items:
-            self.visit(item)
-        self._in_region("with", node.body)
-
     def _v_with_item(self, node: cst.WithItem) -> None:
         self.visit(node.item)
         if node.asname is not None:
             self.path.append(node.asname)
             self.target(node.asname.name)
             self.path.pop()
-
-    def _v_try(self, node: Union[cst.Try, cst.TryStar]) -> None:
-        self._in_region("try", node.body)
-        for handler in node.handlers:
-            self.visit(handler)
-        self.visit_optional(node.orelse)
-        self.visit_optional(node.finalbody)
 
     def _v_except(self, node: Union[cst.ExceptHandler, cst.ExceptStarHandler]) -> None:
         self.visit_optional(node.type)
@@ -910,9 +1074,9 @@ class _Analyzer:
         while scope.kind == "comp" and scope.parent is not None:
             scope = scope.parent
         if isinstance(node.target, _cst.Name):
-            bound = self.bind(node.target.value, _OTHER, scope)
-            self._note_assigned(node.target, node.value,
-                                None if node.target.value in scope.nonlocals else bound)
+            bound = self.bind(node.target.value, OTHER, scope)
+            self._assigned(node.target, node.value,
+                           None if node.target.value in scope.nonlocals else bound)
         self.visit(node.value)
 
     def _v_del(self, node: cst.Del) -> None:
@@ -928,31 +1092,87 @@ class _Analyzer:
         for alias in node.names:
             full = _dotted(alias.name)
             if alias.asname is not None and isinstance(alias.asname.name, _cst.Name):
-                self.bind(alias.asname.name.value, _ModuleImport(full))
+                self.bind(alias.asname.name.value, ModuleImport(full))
             else:
                 root = full.partition(".")[0]
-                self.bind(root, _ModuleImport(root))
+                self.bind(root, ModuleImport(root))
 
     def _v_import_from(self, node: cst.ImportFrom) -> None:
         c = _cst
         module = _absolute(_dotted(node.module) if node.module is not None else None,
-                           len(node.relative), self.package)
+                           len(node.relative), self.scopes.package)
         if isinstance(node.names, c.ImportStar):
             self.scope.stars.append(module or "")
-            self.star_order = max(self.star_order, self.region.top)
+            self.scopes.star_order = max(self.scopes.star_order, self.region.top)
             return
         for alias in node.names:
             name = _dotted(alias.name)
             local = alias.asname.name.value if (alias.asname is not None and isinstance(
                 alias.asname.name, c.Name)) else name
-            binding: _Binding = _OTHER
+            binding: Binding = OTHER
             if module is None or module == "__future__":
-                binding = _OTHER
+                binding = OTHER
             elif _is_autofork(module):
-                binding = _Mark(name) if name in _ALL_MARKS else _ModuleImport(f"{module}.{name}")
+                binding = Mark(name) if name in _ALL_MARKS else ModuleImport(f"{module}.{name}")
             else:
-                binding = _FromImport(module, name)
+                binding = FromImport(module, name)
             self.bind(local, binding)
+
+    def _v_match_as(self, node: cst.MatchAs) -> None:
+        if node.name is not None:
+            self.bind(node.name.value, OTHER)
+        self.visit_optional(node.pattern)
+
+    def _v_match_star(self, node: cst.MatchStar) -> None:
+        if node.name is not None:
+            self.bind(node.name.value, OTHER)
+
+    def _v_match_mapping(self, node: cst.MatchMapping) -> None:
+        if node.rest is not None:
+            self.bind(node.rest.value, OTHER)
+        for element in node.elements:
+            self.visit(element)
+
+
+class _LoopWalker(_ScopeWalker):
+    """Adds the loops of each region: ``region.loops`` is the stack of loops around the
+    node being walked, ``loop_paths`` the path to each outermost loop of a region."""
+
+    def __init__(self, scopes: Scopes) -> None:
+        super().__init__(scopes)
+        self.loop_paths: dict[int, tuple[cst.CSTNode, ...]] = {}
+
+    def _loop_body(self, node: Union[cst.For, cst.While]) -> None:
+        loops = self.region.loops
+        loops.append(node)
+        if len(loops) == 1:
+            self.loop_paths[id(node)] = tuple(self.path)
+        super()._loop_body(node)
+        loops.pop()
+
+
+class _CallRecorder(_LoopWalker):
+    """Adds what the decisions need: every call site (with its context, region and loop),
+    the names that meet ``is``/``type()``/``id()``/``match``, and the names assigned a
+    call's value."""
+
+    def __init__(self, scopes: Scopes) -> None:
+        super().__init__(scopes)
+        c = _cst
+        self.calls: list[_CallSite] = []
+        self.name_uses: list[_NameUse] = []
+        self.assigned: list[tuple[Scope, str, cst.Call]] = []
+        self.contexts: dict[int, str] = {}
+        self.handlers.update({
+            c.Expr: self._v_expr, c.Await: self._v_await,
+            c.Match: self._v_match, c.Comparison: self._v_comparison, c.Call: self._v_call,
+        })
+
+    def _assigned(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression],
+                  scope: Optional[Scope]) -> None:
+        if scope is not None and isinstance(target, _cst.Name) and value is not None:
+            for call in _result_calls(value):
+                self.assigned.append((scope, target.value, call))
 
     def _v_expr(self, node: cst.Expr) -> None:
         c = _cst
@@ -986,21 +1206,6 @@ class _Analyzer:
         else:
             self._keep_plain(subject)
         self.children(node)
-
-    def _v_match_as(self, node: cst.MatchAs) -> None:
-        if node.name is not None:
-            self.bind(node.name.value, _OTHER)
-        self.visit_optional(node.pattern)
-
-    def _v_match_star(self, node: cst.MatchStar) -> None:
-        if node.name is not None:
-            self.bind(node.name.value, _OTHER)
-
-    def _v_match_mapping(self, node: cst.MatchMapping) -> None:
-        if node.rest is not None:
-            self.bind(node.rest.value, _OTHER)
-        for element in node.elements:
-            self.visit(element)
 
     def _v_comparison(self, node: cst.Comparison) -> None:
         c = _cst
@@ -1043,165 +1248,78 @@ class _Analyzer:
         for call in _result_calls(expression):
             self.contexts[id(call)] = "plain"
 
-    def _v_yield(self, node: cst.Yield) -> None:
-        scope: Optional[_Scope] = self.scope
-        while scope is not None and scope.kind == "comp":
-            scope = scope.parent
-        if scope is not None:
-            scope.is_generator = True
-        self.visit_optional(node.value)
 
-    # ---- resolving
+# ---------------------------------------------------------------------- the decisions
 
-    def lookup(self, scope: _Scope, name: str) -> tuple[Optional[_Scope], list[_Binding]]:
-        """The scope Python finds ``name`` in from ``scope``, and its bindings there."""
-        current: Optional[_Scope] = scope
-        first = True
-        while current is not None:
-            if current.kind == "class" and not first:
-                current = current.parent
-                continue
-            if name in current.globals:
-                current = self.module_scope
-                break
-            if name not in current.nonlocals and name in current.bindings:
-                break
-            first = False
-            current = current.parent
-        found = current.bindings.get(name, []) if current is not None else []
-        if (current is None or current is self.module_scope) and self.module_scope.stars:
-            # Module-level defs that come after every star import are not shadowed by them.
-            explicit = bool(found) and not all(
-                isinstance(b, _Def) and b.order is not None and b.order > self.star_order
-                for b in found)
-            if explicit or not found:
-                found = [*found, *self._star_bindings(name, explicit)]
-            if found:
-                current = self.module_scope
-        return current, found
 
-    def _star_bindings(self, name: str, explicit: bool) -> list[_Binding]:
-        out: list[_Binding] = []
-        for module in self.module_scope.stars:
-            if _is_autofork(module):
-                if name in _ALL_MARKS:
-                    out.append(_Mark(name))
-            elif not name.startswith("_") and name in self.resolve(module):
-                out.append(_FromImport(module, name))
-            elif explicit:
-                out.append(_OTHER)   # the star import may rebind it
-        return out
+def _runtime_alias(module: cst.Module) -> Optional[str]:
+    """The name an earlier rewrite imported the runtime as (the first such import)."""
+    c = _cst
+    for stmt in module.body:
+        if not isinstance(stmt, c.SimpleStatementLine):
+            continue
+        for small in stmt.body:
+            if (isinstance(small, c.ImportFrom) and small.module is not None and not small.relative
+                    and _dotted(small.module) == _RUNTIME_MODULE
+                    and not isinstance(small.names, c.ImportStar)):
+                for alias in small.names:
+                    if (isinstance(alias.name, c.Name) and alias.name.value == _RUNTIME_NAME
+                            and alias.asname is not None):
+                        local = alias.asname.name
+                        if isinstance(local, c.Name) and local.value.startswith(_PREFIX):
+                            return local.value
+    return None
 
-    def binding_kind(self, binding: _Binding) -> Optional[str]:
-        if isinstance(binding, _Def):
-            return binding.kind
-        if isinstance(binding, _FromImport):
-            return self.resolve(binding.module).get(binding.name)
-        return None
 
-    def bindings_kind(self, bindings: Sequence[_Binding]) -> Optional[str]:
-        kinds = {self.binding_kind(b) for b in bindings}
-        if len(kinds) == 1 and None not in kinds:
-            return kinds.pop()
-        return None
+class _Plan:
+    """What to rewrite, decided from a finished walk (see the module docstring).
 
-    def mark_of(self, expression: cst.BaseExpression, scope: _Scope) -> Optional[str]:
-        c = _cst
-        if isinstance(expression, c.Name):
-            words = {b.word if isinstance(b, _Mark) else None
-                     for b in self.lookup(scope, expression.value)[1]}
-            return words.pop() if len(words) == 1 else None
-        if isinstance(expression, c.Attribute) and expression.attr.value in _ALL_MARKS:
-            root = expression.value
-            while isinstance(root, c.Attribute):
-                root = root.value
-            if isinstance(root, c.Name):
-                bindings = self.lookup(scope, root.value)[1]
-                if bindings and all(isinstance(b, _ModuleImport) and _is_autofork(b.module)
-                                    for b in bindings):
-                    return expression.attr.value
-        return None
+    ``rewrites``: id(call) -> the joiner that forks it, None for a value fork;
+    ``unwraps``: ids of names to wrap in ``unwrap``; ``loop_joiners``: id(loop) ->
+    joiner; ``rest_wraps``: id(suite) -> (first statement, joiner); ``dirty``: ids of
+    every node on a path to a change (the rewriter rebuilds only those).
+    """
 
-    def _resolve_defs(self) -> None:
-        for definition in self.defs:
-            if not definition.node.decorators:
-                continue
-            words = [self.mark_of(d.decorator, definition.scope) for d in definition.node.decorators]
-            kind = _kind_of(w for w in words if w)
-            body = definition.body_scope
-            if kind is not None and body is not None and body.is_generator:
-                definition.generator_mark = next(w for w in words if w in _FORK_MARKS)
-                self.generator_defs.append(definition)
-                kind = None
-            definition.kind = kind
+    def __init__(self, walk: _CallRecorder, runtime_alias: Optional[str]) -> None:
+        self.walk = walk
+        self.scopes = walk.scopes
+        self.runtime_alias = runtime_alias
+        self.rewrites: dict[int, Optional[str]] = {}
+        self.unwraps: set[int] = set()
+        self.loop_joiners: dict[int, str] = {}
+        self.rest_wraps: dict[int, tuple[int, str]] = {}
+        self.dirty: set[int] = set()
+        self.joiner_count = 0
 
-    def callee(self, func: cst.BaseExpression, scope: _Scope) -> tuple[Optional[str], list[_Binding]]:
-        """(fork kind, bindings) of a callee expression; kind None when it is not a marked function."""
-        c = _cst
-        if isinstance(func, c.Name):
-            bindings = self.lookup(scope, func.value)[1]
-            return self.bindings_kind(bindings), bindings
-        parts: list[str] = []
-        node = func
-        while isinstance(node, c.Attribute):
-            parts.append(node.attr.value)
-            node = node.value
-        if not isinstance(node, c.Name):
-            return None, []
-        parts.reverse()
-        attr, middle = parts[-1], parts[:-1]
-        bindings = self.lookup(scope, node.value)[1]
-        if not bindings:
-            return None, []
-        if not middle and all(isinstance(b, _Self) for b in bindings):
-            classes = {id(b.cls): b.cls for b in bindings if isinstance(b, _Self)}
-            if len(classes) == 1:
-                members = next(iter(classes.values())).bindings.get(attr, [])
-                return self.bindings_kind(members), members
-            return None, []
-        modules = set()
-        for binding in bindings:
-            if isinstance(binding, _ModuleImport):
-                modules.add(".".join([binding.module, *middle]))
-            elif isinstance(binding, _FromImport):
-                modules.add(".".join([binding.module, binding.name, *middle]))
-            else:
-                return None, []
-        if len(modules) != 1:
-            return None, []
-        return self.resolve(modules.pop()).get(attr), []
+    def decide(self, plain: Callable[[list[Binding]], bool] = lambda bindings: False) -> bool:
+        """Choose the rewrites; True when there is anything to change.
 
-    def decide(self) -> bool:
-        """Choose the rewrites; True when there is anything to change."""
-        for scope, name, binding in self.pending_nonlocal:
-            target = scope.parent
-            while target is not None and (target.kind == "class" or name not in target.bindings):
-                target = target.parent
-            (target or self.module_scope).bindings.setdefault(name, []).append(binding)
-        self._resolve_defs()
-        for site in self.calls:
+        ``plain(bindings)`` True keeps a call of those bindings plain.
+        """
+        walk, scopes = self.walk, self.scopes
+        for site in walk.calls:
             if site.context != "plain":
-                self._decide_call(site)
-        for scope, name, call in self.assigned:
+                self._decide_call(site, plain)
+        for scope, name, call in walk.assigned:
             if id(call) in self.rewrites:  # a plain or a joined fork: a proxy either way
                 scope.fork_names.add(name)
-        for use in self.name_uses:
-            if use.needs_builtin is not None and self.lookup(use.scope, use.needs_builtin)[0] is not None:
+        for use in walk.name_uses:
+            if use.needs_builtin is not None and scopes.lookup(use.scope, use.needs_builtin)[0] is not None:
                 continue
-            scope, _ = self.lookup(use.scope, use.name.value)
+            scope, _ = scopes.lookup(use.scope, use.name.value)
             if scope is not None and use.name.value in scope.fork_names:
                 self.unwraps.add(id(use.name))
                 self.dirty.update(map(id, use.path))
-        return bool(self.rewrites or self.unwraps or self.generator_defs)
+        return bool(self.rewrites or self.unwraps or scopes.generator_defs)
 
-    def _decide_call(self, site: _CallSite) -> None:
-        kind, bindings = self.callee(site.call.func, site.scope)
-        if kind is None:
+    def _decide_call(self, site: _CallSite, plain: Callable[[list[Binding]], bool]) -> None:
+        kind, bindings = self.scopes.callee(site.call.func, site.scope)
+        if kind is None or plain(bindings):
             return
         if site.context in ("stmt", "comp"):
             if site.region.kind == "class":
                 return    # a joiner name would become a class attribute
-            if any(isinstance(b, _Def) and b.node.asynchronous is not None for b in bindings):
+            if any(isinstance(b, Def) and b.node.asynchronous is not None for b in bindings):
                 return    # sequentially it only creates a coroutine and drops it
             self.rewrites[id(site.call)] = self._joiner(site)
         else:
@@ -1219,7 +1337,7 @@ class _Analyzer:
             key = id(site.loop)
             if key not in self.loop_joiners:
                 self.loop_joiners[key] = self.new_joiner()
-                self.dirty.update(map(id, self.loop_paths[key]))
+                self.dirty.update(map(id, self.walk.loop_paths[key]))
             return self.loop_joiners[key]
         region = site.region
         if region.rest_joiner is None:
@@ -1240,10 +1358,10 @@ class _Analyzer:
 class _Rewriter:
     """Rebuilds the nodes on the paths to a change; everything else is kept as parsed."""
 
-    def __init__(self, analyzer: _Analyzer, names: _Names, warnings: list[tuple[str, int, str]],
+    def __init__(self, plan: _Plan, names: _Names, warnings: list[tuple[str, int, str]],
                  module_name: str) -> None:
         c = _cst
-        self.a = analyzer
+        self.a = plan
         self.names = names
         self.warnings = warnings
         self.module_name = module_name
@@ -1410,16 +1528,16 @@ class _Names:
         return self.renames[joiner]
 
 
-def _generator_warnings(analyzer: _Analyzer, source: str) -> list[tuple[str, int, str]]:
+def _generator_warnings(scopes: Scopes, source: str) -> list[tuple[str, int, str]]:
     """(function, line, mark) of each marked generator, the line taken from an ast walk."""
-    if not analyzer.generator_defs:
+    if not scopes.generator_defs:
         return []
     ast_defs = _ast_defs(ast.parse(source).body, [])
-    positions = {id(d): i for i, d in enumerate(analyzer.defs)}
-    same_order = len(ast_defs) == len(analyzer.defs) and all(
-        a[0] == d.node.name.value for a, d in zip(ast_defs, analyzer.defs))
+    positions = {id(d): i for i, d in enumerate(scopes.defs)}
+    same_order = len(ast_defs) == len(scopes.defs) and all(
+        a[0] == d.node.name.value for a, d in zip(ast_defs, scopes.defs))
     out = []
-    for definition in analyzer.generator_defs:
+    for definition in scopes.generator_defs:
         name = definition.node.name.value
         if same_order:
             line = ast_defs[positions[id(definition)]][1]
@@ -1455,18 +1573,21 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     except c.ParserSyntaxError:
         compile(source, filename, "exec", dont_inherit=True)  # raises Python's own SyntaxError
         raise
-    analyzer = _Analyzer(module_name, package, resolve)
-    analyzer.visit(module)
-    if not analyzer.decide():
+    scopes = Scopes(_package_of(module_name, package), resolve)
+    walk = _CallRecorder(scopes)
+    walk.visit(module)
+    scopes.finish()
+    plan = _Plan(walk, _runtime_alias(module))
+    if not plan.decide():
         return source
-    warnings = _generator_warnings(analyzer, source)
+    warnings = _generator_warnings(scopes, source)
     if warnings and _has_warning_prelude(module):
         warnings = []
-        if not (analyzer.rewrites or analyzer.unwraps):
+        if not (plan.rewrites or plan.unwraps):
             return source
-    analyzer.dirty.add(id(module))
-    names = _Names(source, analyzer.runtime_alias)
-    code = _Rewriter(analyzer, names, warnings, module_name).rebuild(module).code
+    plan.dirty.add(id(module))
+    names = _Names(source, plan.runtime_alias)
+    code = _Rewriter(plan, names, warnings, module_name).rebuild(module).code
     return source if code == source else code
 
 
