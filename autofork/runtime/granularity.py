@@ -98,7 +98,11 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     A call that cannot be sent to a worker (an open file, a lock among its arguments)
     runs here, as it did before the rewrite, with one AutoforkWarning per function: the
     rewriter made the fork, not the user, so it must not make the program fail.
+    A call given an iterator runs here too (SPEC 4b): a copy consumed in a worker would
+    leave the caller's iterator where it was.
     """
+    if _takes_iterator(args, kwargs):
+        return fn(*args, **kwargs)
     try:
         return _call(fn, args, kwargs)
     except NotSendable as why:
@@ -108,6 +112,21 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
             warnings.warn(AutoforkWarning(f"{why}; running the call in this process "
                                           "instead"), stacklevel=3)
         return fn(*args, **kwargs)
+
+
+_iterates: dict[type, bool] = {}  # per argument type: has __next__ (found once per type)
+
+
+def _takes_iterator(args: tuple, kwargs: dict) -> bool:
+    """Whether an argument is an iterator (a generator, ``iter(list)``, a file ...)."""
+    for value in (*args, *kwargs.values()) if kwargs else args:
+        kind = type(value)
+        iterates = _iterates.get(kind)
+        if iterates is None:
+            iterates = _iterates[kind] = kind is not ResultProxy and hasattr(kind, "__next__")
+        if iterates:
+            return True
+    return False
 
 
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
