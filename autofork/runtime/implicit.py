@@ -15,15 +15,17 @@ raised sequentially (a note counts the others).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 from . import config, engine, stats, worker
 from .errors import add_note
 from .granularity import _inline, call
+from .folds import Folds
 from .proxy import ResultProxy, unwrap
+from .settle import settle
 from .task import DONE, Task
 
-__all__ = ["fork", "Joiner", "unwrap"]
+__all__ = ["fork", "Joiner", "unwrap", "settle"]
 
 
 def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -35,15 +37,25 @@ def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
 
 
 _PRUNE_AT = 1024
+_NOTHING: Any = object()
 
 
 class Joiner:
-    """Joins the forks whose results were discarded, when its ``with`` block exits."""
+    """A loop's (or a body's) forks, finished when its ``with`` block exits.
 
-    __slots__ = ("_tasks",)
+    At the exit, in this order: every fork started through it has finished; the
+    reductions it deferred are applied in call order; the first failure in call order
+    (of a fork, or of a reduction step) is raised, with a note counting the others; the
+    containers registered with ``into`` hold values instead of proxies (``settle``).
+    """
+
+    __slots__ = ("_tasks", "_count", "_containers", "_folds")
 
     def __init__(self) -> None:
-        self._tasks: list[Task] = []
+        self._tasks: list[tuple[int, Any]] = []  # (position in call order, task)
+        self._count = 0
+        self._containers: Optional[dict[int, Any]] = None
+        self._folds: Optional[Folds] = None
 
     def __enter__(self) -> "Joiner":
         return self
@@ -55,30 +67,78 @@ class Joiner:
         result = call(fn, args, kwargs)
         if type(result) is ResultProxy:
             tasks = self._tasks
-            tasks.append(result._autofork_task)
+            tasks.append((self._count, result._autofork_task))
+            self._count += 1
             if len(tasks) >= _PRUNE_AT:
                 # Keep memory flat in long loops: drop what finished well.
-                tasks[:] = [t for t in tasks if t.state != DONE or t.failure is not None]
+                tasks[:] = [e for e in tasks if e[1].state != DONE or e[1].failure is not None]
         return result
+
+    def into(self, container: Any, value: Any = _NOTHING) -> Any:
+        """Register ``container`` to be settled at the exit; ``value`` if given, else it."""
+        containers = self._containers
+        if containers is None:
+            containers = self._containers = {}
+        containers[id(container)] = container  # holding it keeps the id unique
+        return container if value is _NOTHING else value
+
+    def fold(self, acc: Any, op: str, value: Any) -> Any:
+        """``acc op value`` (``"+="``, ``"+"``...) applied in call order: ``acc`` itself
+        for an in-place step, else a proxy of the new value."""
+        return self._reductions().fold(acc, op, value, self._count)
+
+    def then(self, method: Callable[[Any], Any], value: Any) -> None:
+        """``method(value)`` (``acc.update(v)``) applied in call order."""
+        self._reductions().then(method, value, self._count)
+
+    def _reductions(self) -> Folds:
+        folds = self._folds
+        if folds is None:
+            folds = self._folds = Folds()
+        return folds
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> Literal[False]:
         if kind is not None and not issubclass(kind, Exception):
             return False  # KeyboardInterrupt, SystemExit: leave at once
-        tasks, self._tasks = self._tasks, []
-        failed = []
-        for task in tasks:
-            task.wait()
-            if task.failure is not None:
-                task.mark_observed()
-                failed.append(task)
+        failed = _finish(self._tasks)
+        self._tasks = []
+        folds = self._folds
+        if folds is not None:
+            folds.drain(block=True)
+            if folds.failure is not None:
+                failed.append((folds.failed_at, folds.failure))
+                failed.sort(key=_first)
         if failed:
-            first = failed[0].failure.exception()  # type: ignore[union-attr]
-            if len(failed) > 1:
-                others = len(failed) - 1
-                add_note(first, f"autofork: {others} later forked call"
-                                f"{'s' if others > 1 else ''} in the same block failed too")
-            raise first
+            _raise_first(failed)
+        if kind is None and self._containers:
+            for container in self._containers.values():
+                settle(container)
+        self._containers = None
         return False
+
+
+def _first(entry: tuple[int, Any]) -> int:
+    return entry[0]
+
+
+def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException]]:
+    """Wait for every task; (position, exception) of each failure, in call order."""
+    failed = []
+    for position, task in tasks:
+        task.wait()
+        if task.failure is not None:
+            task.mark_observed()
+            failed.append((position, task.failure.exception()))
+    return failed
+
+
+def _raise_first(failed: list[tuple[int, BaseException]]) -> None:
+    first = failed[0][1]
+    if len(failed) > 1:
+        others = len(failed) - 1
+        add_note(first, f"autofork: {others} later forked call"
+                        f"{'s' if others > 1 else ''} in the same block failed too")
+    raise first
 
 
 # Rewritten code imports this module just before it runs: start the workers now, in the
