@@ -152,11 +152,21 @@ class Folds:
         else:
             _check(result, step.same)
 
+    # -- as the executor of the steps' tasks (runtime.executor.Executor) ----------------
+
+    def submit(self, task: Task) -> None:
+        """Steps are recorded by ``fold``; nothing else is taken."""
+        raise TypeError("Folds takes steps through fold() and then(), not tasks")
+
     def steal(self, task: Task) -> bool:
         """A thread waits for the result of a step: apply the steps up to it, here."""
         if task.state == QUEUED:
             self.drain(block=True, upto=task)
         return task.state == DONE
+
+    def close(self, kill: bool = False) -> None:
+        """Apply every step (waiting for its operands); with ``kill``, only those ready."""
+        self.drain(block=not kill)
 
 
 def _call(method: Callable[[Any], Any], value: Any) -> Any:

@@ -106,7 +106,8 @@ class Joiner:
         if folds is not None:
             folds.drain(block=True)
             if folds.failure is not None:
-                failed.append((folds.failed_at, folds.failure))
+                # After failed_at forks, before the next: between fork positions.
+                failed.append((2 * folds.failed_at, folds.failure))
                 failed.sort(key=_first)
         if failed:
             _raise_first(failed)
@@ -122,13 +123,13 @@ def _first(entry: tuple[int, Any]) -> int:
 
 
 def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException]]:
-    """Wait for every task; (position, exception) of each failure, in call order."""
+    """Wait for every task; (2 * position + 1, exception) of each failure, in call order."""
     failed = []
     for position, task in tasks:
         task.wait()
         if task.failure is not None:
             task.mark_observed()
-            failed.append((position, task.failure.exception()))
+            failed.append((2 * position + 1, task.failure.exception()))
     return failed
 
 
