@@ -13,10 +13,15 @@ uncaught-exception output as under plain ``python``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from autofork import _phases
+from autofork._clirun import Options
+
+if TYPE_CHECKING:
+    import argparse
 
 _PROG = "python -m autofork"
 _USAGE = f"""\
@@ -27,6 +32,8 @@ _USAGE = f"""\
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=_PROG, usage=_USAGE, allow_abbrev=False,
         description="Run a Python program with the calls of functions marked "
@@ -91,36 +98,39 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line; returns the exit status (``SystemExit`` from the program passes)."""
+    _phases.setup_from_environment()
     ours, target = split_argv(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    options = parser.parse_args(ours)
+    options = Options()
+    if ours:  # argparse only when there is something to parse (it costs ms to import)
+        _parser().parse_args(ours, namespace=options)
     if target[:1] == ["-m"]:
         if len(target) < 2:
-            parser.error("argument -m: expected one argument")
+            _parser().error("argument -m: expected one argument")
         options.module, target = target[1], target[2:]
     if options.diff:
         from autofork import _clitools
 
         return _clitools.diff(target)
     if options.module is None and not target:
-        parser.error("give a script to run, or -m module")
+        _parser().error("give a script to run, or -m module")
     if options.compare:
         from autofork import _clitools
 
         return _clitools.compare(options, target)
     if options.json or options.compare_stderr:
-        parser.error("--json and --compare-stderr go with --compare")
+        _parser().error("--json and --compare-stderr go with --compare")
     try:
         _configure(options)
     except ValueError as why:  # a bad --workers, --backend...: say so as argparse would
-        parser.error(str(why))
+        _parser().error(str(why))
     return run(options, target)
 
 
-def run(options: argparse.Namespace, target: list[str]) -> int:
+def run(options: Options, target: list[str]) -> int:
     """Run the script (``target[0]``) or module (``options.module``) as ``__main__``."""
     from autofork import _clirun, importhook
 
+    began = _phases.STARTED
     sequential = importhook.disabled()
     include = importhook.parse_patterns(options.include)
     exclude = importhook.parse_patterns(options.exclude)
@@ -129,6 +139,7 @@ def run(options: argparse.Namespace, target: list[str]) -> int:
     _export("AUTOFORK_EXCLUDE", exclude)
     if not sequential:
         importhook.install()
+    _phases.note("hook installed" if not sequential else "start-up, AUTOFORK=0", began)
     try:
         if options.module is not None:
             program = _clirun.module(options.module)
@@ -169,7 +180,7 @@ def _export(name: str, patterns: tuple[str, ...]) -> None:
         os.environ[name] = ",".join(filter(None, [current, *patterns]))
 
 
-def _configure(options: argparse.Namespace) -> None:
+def _configure(options: Options) -> None:
     settings = {
         "workers": options.workers, "threads": options.threads, "backend": options.backend,
         "address": options.address, "trace": options.trace,

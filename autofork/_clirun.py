@@ -13,28 +13,49 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import time
 import types
-from dataclasses import dataclass
 from typing import Optional
 
-from autofork import importhook
+from autofork import _phases, importhook
 
 #: The ``__main__`` module autofork is running, so that ``import autofork.enable`` at
 #: the top of it knows the switch is already on.
 running_main: Optional[types.ModuleType] = None
 
 
+class Options:
+    """The command line's options: their defaults, or what argparse filled in."""
+
+    def __init__(self) -> None:
+        self.module: Optional[str] = None
+        self.sequential = False
+        self.workers: Optional[int] = None
+        self.threads: Optional[int] = None
+        self.backend: Optional[str] = None
+        self.address: Optional[str] = None
+        self.include: list[str] = []
+        self.exclude: list[str] = []
+        self.stats = False
+        self.trace: Optional[str] = None
+        self.diff = False
+        self.compare = False
+        self.compare_stderr = False
+        self.json = False
+
+
 class NoProgram(Exception):
     """The script or module cannot be found; the message is what ``python`` would print."""
 
 
-@dataclass
 class Program:
     """What to run: the source, and the attributes its ``__main__`` module gets."""
 
-    path: str
-    data: bytes
-    spec: Optional[importlib.machinery.ModuleSpec]  # None for a script, as under python
+    def __init__(self, path: str, data: bytes,
+                 spec: Optional[importlib.machinery.ModuleSpec]) -> None:
+        self.path = path
+        self.data = data
+        self.spec = spec  # None for a script, as under python
 
     @property
     def package(self) -> Optional[str]:
@@ -108,11 +129,11 @@ def compile_program(program: Program, rewrite: bool) -> types.CodeType:
             # CPU forks are coming: start the workers while the script is being rewritten.
             from autofork.runtime import engine
 
+            began = time.perf_counter()
             engine.prestart()
-        directory = os.path.dirname(program.path)
-        resolver = importhook.make_resolver(search_path=[directory] if program.spec is None else [])
-        code, _ = importhook.rewrite_code(program.data, program.path, "__main__",
-                                          program.package, resolver)
+            _phases.note("pool starting", began)
+        search_path = [os.path.dirname(program.path)] if program.spec is None else []
+        code = importhook.main_code(program.data, program.path, program.package, search_path)
         if code is not None:
             return code
     return compile(program.data, program.path, "exec", dont_inherit=True)
@@ -124,9 +145,13 @@ def _finish(status: int) -> int:
     Only when the runtime was imported: no import, no forks, nothing to wait for.
     """
     engine = sys.modules.get("autofork.runtime.engine")
-    if engine is not None and engine.finish():  # prints each failure nobody saw
-        return 1 if status == 0 else status
-    return status
+    _phases.note("program done")
+    if engine is None:
+        return status
+    began = time.perf_counter()
+    failed = engine.finish()  # prints each failure nobody saw
+    _phases.note("outstanding forks joined", began)
+    return 1 if failed and status == 0 else status
 
 
 def _interrupted() -> None:

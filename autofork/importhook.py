@@ -44,10 +44,13 @@ honoured).  Its layout::
 The source hash is checked on every load, so an edit within the same second is seen.
 The fingerprint is the autofork version plus a digest of the rewriter's own source;
 the dependencies are the modules the rewrite resolved against, each with its source
-hash and the marks it defined.  The cache is stale when the source, the fingerprint, or
-the marks of any dependency differ (a dependency whose source changed but whose marks
+hash and the marks it defined.  The program run as ``__main__`` (which Python itself
+never caches) has its own file, ``<name>.cpython-311.autofork-<version>.main.pyc``
+(``main_code``): a run whose script and marks did not change imports no libcst.  The
+cache is stale when the source, the fingerprint, or the marks of any dependency differ (a dependency whose source changed but whose marks
 did not leaves the cache valid).  Nothing is written under ``sys.dont_write_bytecode``
-(``PYTHONDONTWRITEBYTECODE``), as Python does.
+(``PYTHONDONTWRITEBYTECODE``), as Python does: a cache already there is still read, but
+every run of an uncached script then rewrites it again (and imports libcst).
 
 Invariant: the cached pyc is always a complete, valid file.  It is written to a
 temporary file in the same directory and renamed over the old one with ``os.replace``,
@@ -57,21 +60,20 @@ and costs speed, never correctness.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
+import _imp
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import logging
 import marshal
 import os
 import site
 import sys
 import threading
+import time
 import types
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+from autofork import _phases
 
 __all__ = [
     "ImportHook",
@@ -82,9 +84,17 @@ __all__ = [
     "parse_patterns",
     "disabled",
     "cache_path",
+    "main_code",
 ]
 
-log = logging.getLogger("autofork.importhook")
+
+
+def _debug(message: str, *args: object) -> None:
+    # logging is not imported for this: a program that has not imported it cannot have
+    # configured it to show DEBUG records (see _phases).
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("autofork.importhook").debug(message, *args)
 
 Marks = Mapping[str, str]
 Resolver = Callable[[str], Optional[Marks]]
@@ -130,6 +140,8 @@ def _is_path(pattern: str) -> bool:
 
 def _matches(pattern: str, name: str, origin: str) -> bool:
     has_glob = not _GLOB_CHARS.isdisjoint(pattern)
+    if has_glob:
+        import fnmatch
     if _is_path(pattern):
         if has_glob:
             return fnmatch.fnmatch(origin, pattern)
@@ -165,13 +177,17 @@ def _in_library(origin: str) -> bool:
     return real.startswith(_SKIPPED_DIRS)
 
 
-@dataclass
 class Rules:
     """Which modules the hook rewrites.  ``only``, when set, limits it to those patterns."""
 
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    only: Optional[tuple[str, ...]] = None
+    def __init__(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 only: Optional[tuple[str, ...]] = None) -> None:
+        self.include = include
+        self.exclude = exclude
+        self.only = only
+
+    def __repr__(self) -> str:
+        return f"Rules(include={self.include!r}, exclude={self.exclude!r}, only={self.only!r})"
 
     @classmethod
     def from_environment(cls, include: Sequence[str] = (), exclude: Sequence[str] = (),
@@ -302,8 +318,7 @@ class _Marks:
 _marks = _Marks()
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     """A module's source, found without importing it."""
 
     digest: Optional[bytes]  # None: the standard library, taken to mark nothing unread
@@ -384,30 +399,39 @@ def _fingerprint() -> str:
     """Everything besides the source and the dependencies that shapes the generated code."""
     global _FINGERPRINT
     if _FINGERPRINT is None:
-        digest = hashlib.sha256(_version().encode())
-        # The rewriter's source, read without importing it (libcst is slow to import).
-        rewriter = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transformer.py")
-        for path in (rewriter, __file__):
+        # The rewriter's sources (every module beside this one: the transformer and its
+        # helpers), read without importing them (libcst is slow to import), and hashed as
+        # pycs are (hashlib costs more to import than all of this takes).
+        parts = [_version().encode()]
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            names = sorted(name for name in os.listdir(here) if name.endswith(".py"))
+        except OSError:
+            names = []
+        for name in names:
             try:
-                with open(path, "rb") as file:  # type: ignore[arg-type]
-                    digest.update(file.read())
-            except (OSError, TypeError):
+                with open(os.path.join(here, name), "rb") as file:
+                    parts.append(file.read())
+            except OSError:
                 pass
-        _FINGERPRINT = digest.hexdigest()[:16]
+        _FINGERPRINT = importlib.util.source_hash(b"\0".join(parts)).hex()
     return _FINGERPRINT
 
 
-def cache_path(source_path: str) -> Optional[str]:
-    """Where the rewritten code of ``source_path`` is cached; None when Python has no cache tag."""
+def cache_path(source_path: str, main: bool = False) -> Optional[str]:
+    """Where the rewritten code of ``source_path`` is cached; None when Python has no cache tag.
+
+    ``main``: the file run as ``__main__`` (its rewrite differs from the module's own).
+    """
     try:
         normal = importlib.util.cache_from_source(source_path)
     except (NotImplementedError, ValueError):
         return None
     stem = normal[: -len(".pyc")]
-    return f"{stem}.autofork-{_version()}.pyc"
+    return f"{stem}.autofork-{_version()}{'.main' if main else ''}.pyc"
 
 
-def _read_cache(pyc: str, data: bytes, search_path: Sequence[str] = ()
+def _read_cache(pyc: str, data: bytes, source_path: str, search_path: Sequence[str] = ()
                 ) -> Optional[tuple[types.CodeType, tuple[Dependency, ...]]]:
     """The cached code and its dependencies when the cache is valid for ``data``; else None."""
     try:
@@ -427,7 +451,12 @@ def _read_cache(pyc: str, data: bytes, search_path: Sequence[str] = ()
         code = marshal.loads(blob[start + size:])
     except (ValueError, EOFError, TypeError):
         return None  # a damaged file is a miss; the next write replaces it
-    return (code, dependencies) if isinstance(code, types.CodeType) else None
+    if not isinstance(code, types.CodeType):
+        return None
+    # The cache may have been written when the file had another name (a moved tree), as
+    # for a normal pyc: the code reports the file it is loaded from.
+    _imp._fix_co_filename(code, source_path)
+    return code, dependencies
 
 
 def _still_valid(dependencies: Sequence[Dependency], search_path: Sequence[str]) -> bool:
@@ -459,19 +488,21 @@ def _write_cache(pyc: str, data: bytes, dependencies: Iterable[Dependency],
             file.write(blob)
         os.replace(temporary, pyc)
     except OSError as why:  # read-only tree, full disk, a race on Windows: only speed is lost
-        log.debug("could not write %s: %s", pyc, why)
+        _debug("could not write %s: %s", pyc, why)
         try:
             os.unlink(temporary)
         except OSError:
             pass
     else:
-        log.debug("wrote %s", pyc)
+        _debug("wrote %s", pyc)
 
 
 # ------------------------------------------------------------------------ the loader
 
 
 def _warn(path: str, why: BaseException) -> None:
+    import warnings
+
     from autofork.runtime.errors import AutoforkWarning
 
     warnings.warn_explicit(
@@ -505,6 +536,30 @@ def rewrite_code(data: bytes, path: str, name: str, package: Optional[str],
     return code, False
 
 
+def main_code(data: bytes, path: str, package: Optional[str],
+              search_path: Sequence[str] = ()) -> Optional[types.CodeType]:
+    """The rewritten code of the program run as ``__main__``; None when it needs no rewrite.
+
+    Python never caches the main script's bytecode; autofork caches its rewrite (under
+    ``cache_path(path, main=True)``, with the same checks as a module's), so that a run
+    whose script has not changed imports no libcst.  ``search_path`` is where the
+    script's own imports are found (its directory, for a script).
+    """
+    began = time.perf_counter()
+    pyc = cache_path(path, main=True)
+    cached = _read_cache(pyc, data, path, search_path) if pyc is not None else None
+    if cached is not None:
+        _phases.note("__main__ from the cache %s", began, pyc)
+        return cached[0]
+    record: dict[str, Dependency] = {}
+    code, rewritten = rewrite_code(data, path, "__main__", package,
+                                   make_resolver(search_path, record))
+    if pyc is not None and rewritten:
+        _write_cache(pyc, data, record.values(), code)  # type: ignore[arg-type]
+    _phases.note("__main__ %s", began, "rewritten" if rewritten else "needs no rewrite")
+    return code
+
+
 class AutoforkLoader(importlib.machinery.SourceFileLoader):
     """A source loader whose code is the rewritten code, from the cache when valid."""
 
@@ -535,20 +590,23 @@ class AutoforkLoader(importlib.machinery.SourceFileLoader):
         pyc = cache_path(self.path)
         if pyc is not None and rewritten:
             _write_cache(pyc, data, self.dependencies.values(), code)
-        log.debug("rewrote %s (%s)", fullname, self.path)
+        _debug("rewrote %s (%s)", fullname, self.path)
         return code
 
 
 # ------------------------------------------------------------------------ the finder
 
 
-@dataclass(eq=False)
 class ImportHook(importlib.abc.MetaPathFinder):
     """The meta-path finder.  A context manager: ``with ImportHook().install(): ...``."""
 
-    rules: Rules = field(default_factory=Rules.from_environment)
-    #: module name -> the modules its rewrite resolved against (name, source hash, marks).
-    resolved: dict[str, dict[str, Dependency]] = field(default_factory=dict)
+    def __init__(self, rules: Optional[Rules] = None) -> None:
+        self.rules = Rules.from_environment() if rules is None else rules
+        #: module name -> the modules its rewrite resolved against (name, source hash, marks).
+        self.resolved: dict[str, dict[str, Dependency]] = {}
+
+    def __repr__(self) -> str:
+        return f"ImportHook({self.rules!r})"
 
     def find_spec(self, fullname: str, path: Optional[Iterable[str]] = None,
                   target: Optional[types.ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
@@ -558,7 +616,10 @@ class ImportHook(importlib.abc.MetaPathFinder):
         try:
             return self._find_spec(fullname, path)
         except Exception as why:  # noqa: BLE001 - a bug of ours must not break an import
-            log.warning("import hook failed on %s; importing it plainly", fullname, exc_info=why)
+            import logging
+
+            logging.getLogger("autofork.importhook").warning(
+                "import hook failed on %s; importing it plainly", fullname, exc_info=why)
             return None
         finally:
             _guard.busy -= 1
@@ -573,9 +634,9 @@ class ImportHook(importlib.abc.MetaPathFinder):
         origin = spec.origin
         data = spec.loader.get_data(origin)
         pyc = cache_path(origin)
-        cached = _read_cache(pyc, data) if pyc is not None else None
+        cached = _read_cache(pyc, data, origin) if pyc is not None else None
         if cached is not None:
-            log.debug("cache hit %s (%s)", fullname, pyc)
+            _debug("cache hit %s (%s)", fullname, pyc)
             code, dependencies = cached
             self.resolved[fullname] = {dependency[0]: dependency for dependency in dependencies}
             return self._spec(spec, AutoforkLoader(fullname, origin, code=code), pyc)
@@ -586,7 +647,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
         except Exception:  # noqa: BLE001 - a SyntaxError is best reported by the normal loader
             return None
         if not needed:
-            log.debug("not rewritten %s", fullname)
+            _debug("not rewritten %s", fullname)
             return None
         loader = AutoforkLoader(fullname, origin, data=data)
         self.resolved[fullname] = loader.dependencies

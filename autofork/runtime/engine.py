@@ -15,9 +15,11 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
+from .. import _phases
 from . import config, stats
 from .aio import EventLoopThread
 from .executor import Engine, Executor
@@ -172,12 +174,16 @@ def _at_exit() -> None:
     if _interrupted:
         shutdown(kill=True)
         return
+    began = time.perf_counter()
     try:
         _failed_at_exit = finish()
     except KeyboardInterrupt:
         shutdown(kill=True)
         raise
+    _phases.note("exit: forks joined", began)
+    began = time.perf_counter()
     shutdown()
+    _phases.note("exit: pools closed", began)
     _report()
 
 

@@ -44,12 +44,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
+from .. import _phases
 from . import stats
 from .errors import Failure, NotSendable, WorkerCrashed
 from .dataflow import start_when_ready
@@ -66,6 +68,7 @@ _BATCH_SECONDS = 0.004
 _MAX_BATCH = 512
 _MAX_FAILED_STARTS = 3
 _MAX_QUEUED = 10_000  # calls waiting to be sent; past it, fork() waits (back-pressure)
+_STOP_SECONDS = 2.0  # at shutdown, how long a worker told to stop may take to end
 
 
 class _Worker:
@@ -206,6 +209,7 @@ class ProcessPool:
         # that sends straight to an idle worker (_send_direct).
         self._send_lock = threading.Lock()
         self._blocked = 0  # callers waiting for room in the queue
+        self._answered = False  # a worker has answered (for the DEBUG timing of phases)
 
     # -- the caller's side ---------------------------------------------------------
 
@@ -319,11 +323,13 @@ class ProcessPool:
 
     def _dispatch(self, path: list[str]) -> None:
         try:
+            began = time.perf_counter()
             for _ in range(self.size):
                 worker = _Worker(path)
                 with self._send_lock:
                     self._workers[worker.conn] = worker
             log.info("started %d worker processes", self.size)
+            _phases.note("pool: %d workers started", began, self.size)
             while True:
                 if not self._killing:
                     with self._send_lock:
@@ -406,6 +412,9 @@ class ProcessPool:
             self._crashed(worker)
             return
         self._failed_starts = 0
+        if not self._answered:
+            self._answered = True
+            _phases.note("pool: first result")
         outcomes = pickle.loads(message)
         with self._send_lock:  # the books; the tasks are completed outside the lock
             for entry in outcomes:
@@ -462,14 +471,24 @@ class ProcessPool:
     def _stop_workers(self) -> None:
         workers = list(self._workers.values())
         for worker in workers:
+            if not worker.known and not worker.held:
+                # Never given a call (it may still be starting): it holds nothing and has
+                # printed nothing, so it is killed rather than waited for.
+                worker.process.kill()
+                continue
             try:
                 worker.conn.send_bytes(pickle.dumps(None))
             except OSError:
                 pass
+        # The others end at once when told to (worker._exit_now); one that does not is
+        # killed, and the log says so: exit never waits long in silence.
+        deadline = time.monotonic() + (0.5 if self._killing else _STOP_SECONDS)
         for worker in workers:
             try:
-                worker.process.wait(timeout=0.5 if self._killing else 5)
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("worker process %d did not stop within %.1f s of being told to; "
+                            "killing it", worker.process.pid, _STOP_SECONDS)
                 worker.process.kill()
                 worker.process.wait()
             for task, *_ in worker.held.values():

@@ -20,7 +20,9 @@ worker's cache.  Before each call the worker writes the task id into shared memo
 it was running, which it finished without reporting, and which it never began.
 
 The worker ignores SIGINT (the parent owns Ctrl-C) and dies with its parent: by
-PR_SET_PDEATHSIG on Linux, and by a watchdog thread everywhere.
+PR_SET_PDEATHSIG on Linux, and by a watchdog thread everywhere.  Told to stop (or at the
+end of its connection) it runs its ``atexit`` handlers, flushes its output and ends with
+``os._exit``: the interpreter's teardown would make the parent's exit wait for nothing.
 """
 
 from __future__ import annotations
@@ -211,5 +213,23 @@ def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     try:
         _serve(conn, slot)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process without the interpreter's slow teardown; the parent waits for it.
+
+    What a program expects at exit still happens: the ``atexit`` handlers that calls
+    registered here run, and the output is flushed.
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream: nothing left to write
+                pass
+        os._exit(0)

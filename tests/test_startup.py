@@ -1,0 +1,186 @@
+"""The cost of being on (SPEC 9), as behaviour: what a cached run imports, when the cached
+``__main__`` rewrite is used, and that exit leaves no worker behind.  Timing itself lives in
+the benchmarks (``python -m benchmarks``, whole-process section)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autofork import importhook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = """
+    import json, os, sys
+    from autofork import implicit_fork
+    from helper import double
+
+    @implicit_fork
+    def where(x):
+        return os.getpid()
+
+    pids = [where(i) for i in range(4)]
+    print(json.dumps({
+        "main": os.getpid(), "where": sorted({int(p) for p in pids}),
+        "double": int(double(2)),
+        "libcst": sorted(m for m in sys.modules if m.split(".")[0] == "libcst"),
+    }))
+"""
+
+HELPER = """
+    import os
+
+    def double(x):
+        return os.getpid()
+"""
+
+MARKED_HELPER = """
+    import os
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def double(x):
+        return os.getpid()
+"""
+
+
+def _env(**changes: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("AUTOFORK") and key != "PYTHONDONTWRITEBYTECODE"}
+    env.update({"AUTOFORK_WORKERS": "2", "PYTHONPATH": str(ROOT), **changes})
+    return env
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+
+
+def _run(directory: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "autofork", *options, "script.py"],
+                            cwd=directory, env=_env(**env), capture_output=True, text=True,
+                            timeout=90)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _report(result: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.timeout(200)
+def test_a_cached_run_imports_no_libcst_and_an_edit_is_seen(tmp_path: Path) -> None:
+    _write(tmp_path / "script.py", SCRIPT)
+    _write(tmp_path / "helper.py", HELPER)
+    first = _report(_run(tmp_path))
+    assert first["libcst"], "the first run rewrites the script, with libcst"
+    assert first["main"] not in first["where"]  # forked: ran in workers
+    assert Path(importhook.cache_path(str(tmp_path / "script.py"), main=True)).is_file()
+
+    second = _report(_run(tmp_path))
+    assert second["libcst"] == []  # from the cache: no libcst at all
+    assert second["main"] not in second["where"]  # still the rewritten code
+    assert second["double"] == second["main"]  # helper's function is not marked
+
+    # An edit of the script is seen, even within the same second (hash-checked).
+    _write(tmp_path / "script.py", SCRIPT.replace("range(4)", "range(5)"))
+    third = _report(_run(tmp_path))
+    assert third["libcst"], "an edited script is rewritten again"
+    assert _report(_run(tmp_path))["libcst"] == []  # and then cached again
+
+    # A module the script imports gains a mark: the cached rewrite of the script is
+    # stale (its call of double() must now fork), though the script did not change.
+    _write(tmp_path / "helper.py", MARKED_HELPER)
+    fourth = _report(_run(tmp_path))
+    assert fourth["double"] != fourth["main"]
+
+
+@pytest.mark.timeout(120)
+def test_without_bytecode_writing_the_main_rewrite_is_not_cached(tmp_path: Path) -> None:
+    _write(tmp_path / "script.py", SCRIPT)
+    _write(tmp_path / "helper.py", HELPER)
+    for _ in range(2):
+        report = _report(_run(tmp_path, PYTHONDONTWRITEBYTECODE="1"))
+        assert report["libcst"] and report["main"] not in report["where"]
+    assert not Path(importhook.cache_path(str(tmp_path / "script.py"), main=True)).exists()
+
+
+EXITING = """
+    import atexit, json, os, sys
+    from autofork import implicit_fork, configure
+
+    @implicit_fork
+    def work(path):
+        atexit.register(lambda: open(path, "w").write("ran"))  # in the worker
+        return os.getpid()
+
+    def descendants():
+        parent = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        parent[int(entry)] = int(stat.read().rpartition(")")[2].split()[1])
+                except OSError:
+                    continue
+        found, todo = [], [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            kids = [child for child, ppid in parent.items() if ppid == pid]
+            found += kids
+            todo += kids
+        return found
+
+    pid = int(work(sys.argv[1]))
+    print(json.dumps({"worker": pid, "descendants": descendants()}), flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(120)
+def test_exit_with_idle_workers_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Four workers, one used: the idle ones (perhaps still starting) are killed, the used
+    one is told to stop and runs its atexit handlers; none is alive once the program is."""
+    (tmp_path / "script.py").write_text(textwrap.dedent(EXITING))
+    flag = tmp_path / "atexit-ran"
+    result = subprocess.run(
+        [sys.executable, "-m", "autofork", "script.py", str(flag)], cwd=tmp_path,
+        env=_env(AUTOFORK_WORKERS="4"), capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["worker"] in report["descendants"] and len(report["descendants"]) >= 4
+    # subprocess.run has reaped the program: its workers must be gone already (a short
+    # grace for the kernel to finish a kill; a worker that lingered would live 0.25 s+).
+    deadline = time.monotonic() + 0.2
+    while any(_alive(pid) for pid in report["descendants"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [pid for pid in report["descendants"] if _alive(pid)] == []
+    assert flag.read_text() == "ran"  # the worker's atexit handler ran before it ended
+
+
+@pytest.mark.timeout(120)
+def test_debug_logging_times_each_phase(tmp_path: Path) -> None:
+    _write(tmp_path / "script.py", SCRIPT)
+    _write(tmp_path / "helper.py", HELPER)
+    _run(tmp_path)
+    log = _run(tmp_path, AUTOFORK_LOG="DEBUG").stderr
+    for phase in ("hook installed", "__main__ from the cache", "pool: 2 workers started",
+                  "pool: first result", "program done", "exit: forks joined",
+                  "exit: pools closed"):
+        assert f" ms  {phase}" in log, (phase, log)
+    assert _run(tmp_path).stderr == ""  # silent without AUTOFORK_LOG
