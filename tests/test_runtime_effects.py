@@ -112,3 +112,82 @@ def test_an_iterator_argument_runs_in_the_caller(tmp_path: Path) -> None:
     assert plain.replace("lists elsewhere False", "lists elsewhere True") == forked
     assert "[[0, 1], [2, 3], [4, 5]] [['a', 'b'], ['c', 'd']] [6, 7, 8, 9] ['e', 'f']" in forked
     assert "lists elsewhere True" in forked
+
+
+# -- 3. output in call order ---------------------------------------------------------------
+
+OUTPUT = """
+    import logging, os, sys, time, warnings
+    from autofork import implicit_fork, io_bound_fork
+
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("steps")
+
+    @implicit_fork
+    def warm(i):
+        time.sleep(0.01)
+        return os.getpid()
+
+    @implicit_fork
+    def step(i):
+        time.sleep(0.1 * (4 - i))  # the first call ends last
+        print("step", i)
+        log.info("logged %d", i)
+        log.debug("hidden %d", i)
+        sys.stderr.write(f"err {i}\\n")
+        warnings.warn(f"careful {i}")
+        return os.getpid(), time.perf_counter()
+
+    @io_bound_fork
+    def fetch(i):
+        time.sleep(0.1 * (4 - i))
+        print("fetch", i)
+        log.warning("fetched %d", i)
+        return time.perf_counter()
+
+    for _ in range(100):  # until the workers are up: no call runs in the caller below
+        if warm(0) != os.getpid():
+            break
+    began = time.perf_counter()
+    ends = []
+    for i in range(4):
+        ends.append(step(i))
+        print("sent", i)
+    print("forked")
+    stepped = time.perf_counter() - began
+    got = [fetch(i) for i in range(4)]
+    print("fetched", len(got))
+    fetched = time.perf_counter() - began - stepped
+    pids = {pid for pid, _ in ends}
+    print(f"elsewhere {os.getpid() not in pids} steps {stepped:.2f} s fetches {fetched:.2f} s "
+          f"steps reordered {sorted(ends, key=lambda e: e[1]) != ends} "
+          f"fetches reordered {sorted(got) != got}", file=sys.stderr)
+"""
+
+
+def _report(stderr: str) -> dict[str, str]:
+    words = stderr.strip().splitlines()[-1].split()
+    return {"elsewhere": words[1], "steps": words[3], "fetches": words[6],
+            "step order": words[-4], "fetch order": words[-1]}
+
+
+@pytest.mark.timeout(90)
+def test_output_of_forked_calls_comes_in_call_order(tmp_path: Path) -> None:
+    plain = run_script(tmp_path, OUTPUT)
+    forked = run_script(tmp_path, OUTPUT, module=True, env={"AUTOFORK_WORKERS": "2"})
+    assert plain.returncode == forked.returncode == 0, forked.stderr
+    assert forked.stdout == plain.stdout
+    assert forked.stdout.startswith("step 0\nINFO steps logged 0\nsent 0\nstep 1\n")
+    assert "hidden" not in forked.stdout  # the caller's level applies
+    assert forked.stdout.splitlines()[12:15] == ["forked", "fetch 0", "WARNING steps fetched 0"]
+    # stderr: the same writes and warnings, in the same order (the report line aside)
+    assert forked.stderr.splitlines()[:-1] == plain.stderr.splitlines()[:-1]
+    assert "UserWarning: careful 3" in forked.stderr
+    report = _report(forked.stderr)
+    # ... and the calls ran in parallel: in other processes, finishing in another order
+    # than they were called, in less time than their sum (1 s for each loop)
+    assert report["elsewhere"] == "True"
+    assert report["step order"] == report["fetch order"] == "True"
+    assert float(report["fetches"]) < 0.8, report
+    assert _report(plain.stderr)["step order"] == "False"

@@ -8,7 +8,7 @@ import threading
 from typing import (Any, Awaitable, Callable, Iterable, Iterator, Literal, NamedTuple,
                     Optional, TypeVar, overload)
 
-from . import config, engine, stats, worker
+from . import config, engine, output, stats, worker
 from .errors import add_note, call_site
 from .executor import Executor
 from .marks import kind_of
@@ -84,11 +84,15 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
     """Create the task for a call, hand it to its executor (which holds it until its
     inputs are ready), and return it."""
     task = Task(fn, args, kwargs, kind, call_site())
+    if kind != "async":  # a coroutine's writes go out as they happen, as in asyncio
+        task.seq = output.begin()
     _live.add(task)  # before submit: a task may be done when submit returns
     try:
         _executor(kind).submit(task)
     except BaseException:
         _live.discard(task)  # not started: an argument that cannot be sent, say
+        if task.seq >= 0:
+            output.end(task.seq, None)
         raise
     if stats.active:
         stats.forked(task)

@@ -20,7 +20,7 @@ import traceback
 from typing import Any, Callable
 
 from .. import _phases
-from . import config, stats
+from . import config, output, stats
 from .aio import EventLoopThread
 from .executor import Engine, Executor
 from .task import live_tasks, unobserved_failures
@@ -111,6 +111,7 @@ def finish() -> bool:
         callback()
     for task in live_tasks():
         task.wait()
+    output.flush(force=True)
     failures = unobserved_failures()
     for task in failures:
         task.mark_observed()

@@ -32,7 +32,7 @@ import time
 import types
 from typing import Any, Callable, Optional
 
-from . import config, engine, stats, worker
+from . import config, engine, output, stats, worker
 from .api import fork as _fork
 from .api import start
 from .dataflow import scan
@@ -236,6 +236,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
             _flusher.watch(fn, known)
         items = chunk.items
         item = ChunkItem(chunk, len(items), args, kwargs, (caller.f_code, caller.f_lineno))
+        item.seq = output.begin()
         items.append(item)
         if stats.active:
             stats.forked(item, timed=False)

@@ -420,8 +420,9 @@ class ProcessPool:
             for entry in outcomes:
                 worker.held_done(entry[0])
             self.busy -= len(outcomes)
-        for task_id, ok, outcome, begin, end in outcomes:
+        for task_id, ok, outcome, begin, end, written in outcomes:
             task, key = worker.answered.pop(task_id)
+            task.output = written
             calls = len(task.items) if type(task) is Chunk else 1  # type: ignore[attr-defined]
             seconds = (end - begin) / calls
             mean = self._means.get(key)

@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from . import output
 from .errors import Failure, Frame
 
 if TYPE_CHECKING:  # typing only: executor.py builds on this module
@@ -38,7 +39,8 @@ class Task:
     """One call: its function, arguments, state and outcome."""
 
     __slots__ = ("fn", "args", "kwargs", "kind", "site", "state", "value", "failure",
-                 "_latch", "_callbacks", "_claim", "inputs", "executor", "__weakref__")
+                 "_latch", "_callbacks", "_claim", "inputs", "executor", "seq", "output",
+                 "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str,
                  site: Optional[Frame] = None) -> None:
@@ -58,6 +60,10 @@ class Task:
         # The executor that holds the task while it is queued, asked to steal it when
         # somebody waits for it.  None while WAITING, and for a lazy operator.
         self.executor: Optional[Executor] = None
+        # Its place in the ordered output (output.begin), -1 if not ordered; and what the
+        # call wrote, set by whoever ran it, emitted in call order when the task is done.
+        self.seq = -1
+        self.output: Optional[list] = None
 
     @property
     def name(self) -> str:
@@ -85,7 +91,11 @@ class Task:
         """Run a claimed task in this thread and record its outcome."""
         fn, args, kwargs = self.fn, self.args, self.kwargs
         try:
-            value = fn(*args, **kwargs)
+            if self.seq < 0:
+                value = fn(*args, **kwargs)
+            else:
+                self.output = captured = []
+                value = output.run_captured(fn, args, kwargs, captured)
         except BaseException as exc:  # noqa: BLE001 - every failure is the caller's to see
             self.set_failure(Failure.local(exc, skip=1))
             del exc
@@ -110,11 +120,16 @@ class Task:
         self.args = self.kwargs = None  # type: ignore[assignment]
         self.state = DONE
         _live.discard(self)
+        self._end_output()
         self._latch.release()
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             for callback in callbacks:
                 _schedule(callback, self)
+
+    def _end_output(self) -> None:
+        if self.seq >= 0:
+            output.end(self.seq, self.output or None)
 
     def add_done_callback(self, callback: Callable[["Task"], None]) -> None:
         """Call ``callback(task)`` once the task is done (now, if it is)."""
@@ -205,6 +220,13 @@ class Chunk(Task):
                 _unobserved[id(item)] = item
         self.set_result(None)
 
+    def _end_output(self) -> None:
+        # self.output: each item's captured output (None: no item wrote anything).
+        outputs = self.output or ()
+        for item in self.items:
+            if item.seq >= 0:
+                output.end(item.seq, outputs[item.index] if outputs else None)
+
     def set_failure(self, failure: Failure) -> None:
         self.failure = failure
         for item in self.items:
@@ -215,7 +237,7 @@ class Chunk(Task):
 class ChunkItem:
     """One call of a chunk, with the face of a Task for proxies, dataflow and joins."""
 
-    __slots__ = ("chunk", "index", "fn", "args", "kwargs", "where", "__weakref__")
+    __slots__ = ("chunk", "index", "fn", "args", "kwargs", "where", "seq", "__weakref__")
 
     kind = "cpu"
     inputs = None
@@ -227,6 +249,7 @@ class ChunkItem:
         self.args = args
         self.kwargs = kwargs
         self.where = where  # (code, line) of the call site: cheaper than a Frame
+        self.seq = -1  # its place in the ordered output, as Task.seq
 
     @property
     def name(self) -> str:

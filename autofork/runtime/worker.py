@@ -7,10 +7,12 @@ Protocol, one pickled list per message over a ``multiprocessing.connection.Conne
 
     parent -> worker   (forget, [(task_id, fn_key, fn_bytes or None, call_bytes, many,
                                  new_blobs, refs), ...]) | None (stop)
-    worker -> parent   [(task_id, ok, outcome_bytes, begin, end), ...]
+    worker -> parent   [(task_id, ok, outcome_bytes, begin, end, output), ...]
 
 ``call_bytes`` is one pickled ``(args, kwargs)``, or with ``many`` a list of them (a chunk
 of short calls, see ``granularity``), answered by one pickled list of ``(ok, value)``.
+``output`` is what the call wrote, printed, logged and warned (``output.take``), or None;
+for a chunk, one such list per call, or None when no call wrote anything.
 A large immutable argument travels once per worker as a blob (``new_blobs``: key, data);
 a call that ``refs`` blobs names them by key; ``forget`` lists keys the worker may drop.
 
@@ -46,6 +48,7 @@ IN_WORKER = False  # True inside a worker process: CPU forks there run inline
 
 _FLUSH_SECONDS = 0.002
 dumps: Callable[[Any], bytes]  # serialize.dumps, imported by main()
+take: Callable[[], Optional[list]]  # output.take, imported by main()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -133,10 +136,14 @@ def _run(fn: Callable[..., Any], call: bytes, blobs: Optional[dict] = None) -> t
         return False, _unsendable(fn, exc)
 
 
-def _run_many(fn: Callable[..., Any], calls: bytes) -> tuple[bool, bytes]:
-    """A chunk of calls of one function: (True, pickled [(ok, value or Failure bytes)])."""
+def _run_many(fn: Callable[..., Any], calls: bytes, outputs: list) -> tuple[bool, bytes]:
+    """A chunk of calls of one function: (True, pickled [(ok, value or Failure bytes)]);
+    what each call wrote is appended to ``outputs``."""
+    outcomes = []
     try:
-        outcomes = [_call(fn, args, kwargs) for args, kwargs in pickle.loads(calls)]
+        for args, kwargs in pickle.loads(calls):
+            outcomes.append(_call(fn, args, kwargs))
+            outputs.append(take())
     except BaseException as exc:  # noqa: BLE001 - the chunk itself could not be read
         return False, _failure(exc)
     try:
@@ -179,11 +186,17 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
             if fn is None:  # the parent sends a function's bytes with its first call here
                 fn = functions[fn_key] = _load_function(fn_bytes)
             begin = time.perf_counter()
-            ok, outcome = _run_many(fn, call) if many else _run(fn, call, blobs if refs else None)
+            if many:
+                outputs: list = []
+                ok, outcome = _run_many(fn, call, outputs)
+                written = outputs if any(outputs) else None
+            else:
+                ok, outcome = _run(fn, call, blobs if refs else None)
+                written = take()
             end = time.perf_counter()
             finished = task_id
             SLOT.pack_into(slot, 0, started, finished)
-            results.append((task_id, ok, outcome, begin, end))
+            results.append((task_id, ok, outcome, begin, end, written))
             if end - flushed >= _FLUSH_SECONDS:
                 _send(conn, results)
                 results = []
@@ -193,16 +206,17 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
 
 
 def _send(conn: Any, results: list) -> None:
-    sys.stdout.flush()  # what the calls printed comes out before their results
     conn.send_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     """Entry point of a worker process."""
-    global IN_WORKER, dumps
+    global IN_WORKER, dumps, take
+    from .output import capture_in_worker, take
     from .serialize import dumps
 
     IN_WORKER = True
+    capture_in_worker()  # what the calls write goes back to their caller, in call order
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     sys.path[:] = path
@@ -213,6 +227,7 @@ def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     try:
         _serve(conn, slot)
     finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # the worker's own errors
         _exit_now()
 
 

@@ -1,0 +1,342 @@
+"""Output in call order: what forked calls print, log and warn reaches the caller's
+streams, handlers and filters in the order of the calls, as in the sequential program.
+
+Data flow::
+
+    caller thread                  worker process / pool thread        completing thread
+    -------------                  ----------------------------        -----------------
+    fork: seq = begin()  -------->  the call runs; its writes,
+                                    log records and warnings go
+                                    to a list, not to the streams
+    print("x"): nothing pending?                                        end(seq, captured):
+      write it;  else queue it                                          the entries whose
+      behind the last seq begun      captured list -- with result -->    earlier seqs are all
+                                                                        ended are emitted
+
+The log is a sequence of segments: [text the caller wrote before fork 0][fork 0's
+output][text written after fork 0 began][fork 1's output]... A fork's segment is filled
+when its call ends (``Task._finish`` calls ``end``); then every segment whose
+predecessors are all filled is emitted, at once, by the thread that filled it.  So the
+caller never blocks on a write: with forks pending it only queues the text.  A join, an
+``evaluate`` or the exit waits for calls to end, and so lets their output out.
+
+Rules:
+
+* Emission never holds the lock while it writes: a logging handler holds its own lock
+  while it writes to our stream (a caller thread's ``log.info``), and emission calls
+  those same handlers for a worker's records; holding both in turn would deadlock.  One
+  thread emits at a time (``_emitter``); what it writes itself goes straight through.
+* Nothing pending and nothing queued: a write costs one flag test more than ``print``.
+  A call that writes nothing sends ``None`` back and costs its ``begin`` and ``end``.
+* The caller's ``sys.stdout``/``sys.stderr`` are wrapped (``_OrderedStream``) at the
+  first fork, and again if the program replaces them; logging handlers that hold the
+  stream being wrapped (``basicConfig(stream=sys.stdout)`` before the first fork) are
+  pointed at the wrapper.
+
+In a worker process (``capture_in_worker``) the streams, the root logger and
+``warnings.showwarning`` append to one list that ``take`` empties after each call: the
+caller emits a record through ``logging.getLogger(name).handle`` if that logger is
+enabled for its level, and a warning through ``warnings.warn_explicit`` with the
+registry of the module that raised it, so its own handlers, levels, formats and
+warning filters decide, as they did sequentially.  In a pool thread of this process,
+the call's writes (its log lines already formatted by the caller's handlers) are kept
+in the task's own list (``run_captured``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import threading
+import warnings
+from typing import Any, Callable, Optional
+
+__all__ = ["begin", "end", "flush", "run_captured", "capture_in_worker", "take"]
+
+# Kinds of captured entries: (kind, payload).
+_OUT, _ERR, _LOG, _WARN, _TEXT = 1, 2, 3, 4, 0  # _TEXT: (stream, text) the caller wrote
+
+_capture: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
+    "autofork_capture", default=None)
+_in_worker = False
+
+
+class _Log:
+    """The ordered log of the calling process (one per process)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.next = 0  # the seq the next fork gets
+        self.low = 0  # every seq below it has been emitted
+        self.ended: dict[int, Optional[list]] = {}  # seq -> what it wrote, not yet emitted
+        self.text: dict[int, list] = {}  # seq -> entries the caller wrote before it began
+        self.quiet = True  # nothing pending, queued or being emitted: write straight on
+        self.emitter: Optional[int] = None  # the thread emitting now
+        self.out: Any = None  # the _OrderedStream wrappers installed
+        self.err: Any = None
+
+    def begin(self) -> int:
+        if sys.stdout is not self.out or sys.stderr is not self.err:
+            self._install()
+        with self.lock:
+            seq = self.next
+            self.next = seq + 1
+            self.quiet = False
+            return seq
+
+    def end(self, seq: int, captured: Optional[list]) -> None:
+        with self.lock:
+            self.ended[seq] = captured
+            if seq != self.low or self.emitter is not None:
+                return  # an earlier call is still running, or the emitter will see it
+        self._drain()
+
+    def write(self, stream: Any, text: str) -> int:
+        with self.lock:
+            if self.emitter != threading.get_ident():
+                if not self.quiet:
+                    self.text.setdefault(self.next, []).append((_TEXT, (stream, text)))
+                    return len(text)
+        return stream.write(text)
+
+    def flush(self, force: bool = False) -> None:
+        """Emit what is ready; with ``force``, everything (at exit: calls that never
+        ended are given up)."""
+        if force:
+            with self.lock:
+                for seq in range(self.low, self.next):
+                    self.ended.setdefault(seq, None)
+        self._drain()
+
+    def _drain(self) -> None:
+        me = threading.get_ident()
+        while True:
+            with self.lock:
+                if self.emitter is not None and self.emitter != me:
+                    return  # that thread emits what we ended too, before it stops
+                batch = self._ready()
+                if not batch:
+                    self.emitter = None
+                    self.quiet = self.low == self.next and not self.text
+                    return
+                self.emitter = me
+            try:
+                _emit(batch, self)
+            except BaseException:
+                with self.lock:
+                    self.emitter = None
+                raise
+
+    def _ready(self) -> list:
+        """Pop the entries that may go out now, in order (under the lock)."""
+        batch: list = []
+        text, ended = self.text, self.ended
+        while True:
+            if text:
+                batch.extend(text.pop(self.low, ()))
+            if self.low == self.next or self.low not in ended:
+                return batch
+            captured = ended.pop(self.low)
+            if captured:
+                batch.extend(captured)
+            self.low += 1
+
+    def _install(self) -> None:
+        with self.lock:
+            if sys.stdout is not self.out and sys.stdout is not None:
+                self.out = _wrap(sys.stdout, _OUT)
+            if sys.stderr is not self.err and sys.stderr is not None:
+                self.err = _wrap(sys.stderr, _ERR)
+
+
+def _wrap(stream: Any, which: int) -> "_OrderedStream":
+    if type(stream) is _OrderedStream:
+        return stream
+    wrapper = _OrderedStream(stream, which)
+    if which == _OUT:
+        sys.stdout = wrapper
+    else:
+        sys.stderr = wrapper
+    for handler in _stream_handlers():
+        if handler.stream is stream:
+            handler.stream = wrapper
+    return wrapper
+
+
+def _stream_handlers() -> list:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [handler for logger in loggers for handler in getattr(logger, "handlers", ())
+            if isinstance(handler, logging.StreamHandler)]
+
+
+class _OrderedStream:
+    """``sys.stdout`` or ``sys.stderr`` of a program that forks: text written while forks
+    are pending is queued behind them.  Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any, which: int) -> None:
+        self._stream = stream
+        self._which = which
+
+    def write(self, text: str) -> int:
+        captured = _capture.get()
+        if captured is not None:  # a forked call running in a thread of this process
+            captured.append((self._which, text))
+            return len(text)
+        if _log.quiet:
+            return self._stream.write(text)
+        return _log.write(self._stream, text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Flush what may go out; text queued behind running forks waits for them."""
+        if _capture.get() is None:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+_log = _Log()
+
+
+def begin() -> int:
+    """A fork starts, in call order: its place in the output (-1: not ordered here)."""
+    if _in_worker:
+        return -1  # a worker's own writes are captured per call already
+    return _log.begin()
+
+
+def end(seq: int, captured: Optional[list]) -> None:
+    """The call of ``seq`` is over and wrote ``captured`` (None: nothing)."""
+    _log.end(seq, captured)
+
+
+def flush(force: bool = False) -> None:
+    """Emit the output that may go out (``force``: all of it, at exit)."""
+    _log.flush(force)
+
+
+def run_captured(fn: Callable[..., Any], args: tuple, kwargs: dict, into: list) -> Any:
+    """``fn(*args, **kwargs)`` in this thread, what it writes appended to ``into``."""
+    token = _capture.set(into)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _capture.reset(token)
+
+
+# -- emitting in the caller ----------------------------------------------------------------
+
+def _emit(batch: list, log: _Log) -> None:
+    for kind, payload in batch:
+        try:
+            if kind == _TEXT:
+                payload[0].write(payload[1])
+            elif kind == _OUT or kind == _ERR:
+                wrapper = log.out if kind == _OUT else log.err
+                stream = getattr(wrapper, "_stream", wrapper)
+                if stream is not None:
+                    stream.write(payload)
+            elif kind == _LOG:
+                _handle(payload)
+            elif kind == _WARN:
+                _warn(*payload)
+        except Exception:  # noqa: BLE001 - a closed stream, a failing handler: go on
+            pass
+
+
+def _handle(fields: dict) -> None:
+    record = logging.makeLogRecord(fields)
+    start = getattr(logging, "_startTime", None)
+    if start is not None:
+        record.relativeCreated = (record.created - start) * 1000
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+def _warn(message: str, category: type, filename: str, lineno: int) -> None:
+    module = _module_of(filename)
+    if module is not None:
+        registry = module.__dict__.setdefault("__warningregistry__", {})
+        warnings.warn_explicit(message, category, filename, lineno, module.__name__, registry,
+                               module.__dict__)
+    else:
+        warnings.warn_explicit(message, category, filename, lineno)
+
+
+def _module_of(filename: str) -> Any:
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == filename:
+            return module
+    return None
+
+
+# -- capturing in a worker process -------------------------------------------------------
+
+_captured: list = []
+
+
+class _Capture:
+    """A worker's ``sys.stdout``/``sys.stderr``: writes go to the call's list."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, which: int) -> None:
+        self._which = which
+
+    def write(self, text: str) -> int:
+        _captured.append((self._which, text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _Records(logging.Handler):
+    """The worker's only root handler: each record goes to the call's list, as fields."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = dict(record.__dict__)
+        fields["msg"] = record.getMessage()
+        fields["args"] = None
+        if record.exc_info and not record.exc_text:
+            fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+        fields["exc_info"] = None
+        fields.pop("message", None)
+        _captured.append((_LOG, fields))
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    _captured.append((_WARN, (str(message), category, filename, lineno)))
+
+
+def capture_in_worker() -> None:
+    """In a worker process: capture every call's output for its caller."""
+    global _in_worker
+    _in_worker = True
+    sys.stdout = _Capture(_OUT)  # type: ignore[assignment]
+    sys.stderr = _Capture(_ERR)  # type: ignore[assignment]
+    root = logging.getLogger()
+    root.handlers[:] = [_Records()]
+    root.setLevel(1)  # every record goes: the caller's levels decide
+    warnings.simplefilter("always")  # every warning goes: the caller's filters decide
+    warnings.showwarning = _show_warning
+
+
+def take() -> Optional[list]:
+    """What the call that just ended wrote (None: nothing); the list starts afresh."""
+    if not _captured:
+        return None
+    captured = _captured[:]
+    _captured.clear()
+    return captured
