@@ -61,7 +61,6 @@ and costs speed, never correctness.
 from __future__ import annotations
 
 import _imp
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import marshal
@@ -597,8 +596,13 @@ class AutoforkLoader(importlib.machinery.SourceFileLoader):
 # ------------------------------------------------------------------------ the finder
 
 
-class ImportHook(importlib.abc.MetaPathFinder):
-    """The meta-path finder.  A context manager: ``with ImportHook().install(): ...``."""
+class ImportHook:
+    """The meta-path finder.  A context manager: ``with ImportHook().install(): ...``.
+
+    It does not derive from ``importlib.abc.MetaPathFinder``, which would only add
+    ``invalidate_caches`` and costs the import of ``importlib.resources`` (tempfile,
+    shutil...) at start-up: a meta-path finder is any object with ``find_spec``.
+    """
 
     def __init__(self, rules: Optional[Rules] = None) -> None:
         self.rules = Rules.from_environment() if rules is None else rules
@@ -652,6 +656,9 @@ class ImportHook(importlib.abc.MetaPathFinder):
         loader = AutoforkLoader(fullname, origin, data=data)
         self.resolved[fullname] = loader.dependencies
         return self._spec(spec, loader, pyc)
+
+    def invalidate_caches(self) -> None:
+        """``importlib.invalidate_caches()`` calls it; the caches here check themselves."""
 
     @staticmethod
     def _spec(spec: importlib.machinery.ModuleSpec, loader: AutoforkLoader,

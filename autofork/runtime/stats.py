@@ -9,12 +9,10 @@ system-wide monotonic clock in the workers (Linux CLOCK_MONOTONIC).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
 __all__ = ["active", "start", "ran", "inline", "forked", "report", "write_trace"]
@@ -26,17 +24,21 @@ _events: list[dict] = []
 _began = time.perf_counter()
 
 
-@dataclass
 class _Function:
-    calls: int = 0
-    inline: int = 0
-    places: dict = field(default_factory=dict)  # "process"/"thread"/"event loop" -> calls
-    busy: float = 0.0  # seconds spent running its calls
-    first: float = float("inf")
-    last: float = 0.0
-    forked_busy: float = 0.0  # of busy: in workers, threads or the event loop
-    overhead: float = 0.0  # seconds from fork to result beyond the run time, summed
-    timed: int = 0  # forked calls whose overhead is known
+    # A plain class: dataclasses would import inspect (and ast, dis, tokenize) at start-up.
+    __slots__ = ("calls", "inline", "places", "busy", "first", "last", "forked_busy",
+                 "overhead", "timed")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.inline = 0
+        self.places: dict = {}  # "process"/"thread"/"event loop" -> calls
+        self.busy = 0.0  # seconds spent running its calls
+        self.first = float("inf")
+        self.last = 0.0
+        self.forked_busy = 0.0  # of busy: in workers, threads or the event loop
+        self.overhead = 0.0  # seconds from fork to result beyond the run time, summed
+        self.timed = 0  # forked calls whose overhead is known
 
 
 _functions: dict[str, _Function] = {}
@@ -139,6 +141,8 @@ def write_trace() -> Optional[str]:
     """Write the Chrome trace file, if one was asked for; its path."""
     if not _trace_path:
         return None
+    import json
+
     with _lock:
         events = list(_events)
     origin = min((e["ts"] for e in events), default=0.0)
