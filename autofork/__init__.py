@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "fork", "evaluate", "evaluate_all", "wait", "as_completed", "scope", "configure",
     "cpu_bound", "io_bound", "unsafe", "implicit_fork", "cpu_bound_fork", "io_bound_fork",
-    "ResultProxy", "WorkerCrashed", "RemoteError", "AutoforkWarning",
+    "trust_effects", "ResultProxy", "WorkerCrashed", "RemoteError", "AutoforkWarning",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "__version__",
 ]
 
@@ -30,7 +30,7 @@ _HOMES = {
     "autofork.runtime.config": ("configure",),
     "autofork.runtime.errors": ("AutoforkWarning", "RemoteError", "WorkerCrashed"),
     "autofork.runtime.marks": ("cpu_bound", "io_bound", "unsafe", "implicit_fork",
-                               "cpu_bound_fork", "io_bound_fork"),
+                               "cpu_bound_fork", "io_bound_fork", "trust_effects"),
     "autofork.runtime.proxy": ("ResultProxy",),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .runtime.config import configure
     from .runtime.errors import AutoforkWarning, RemoteError, WorkerCrashed
     from .runtime.marks import (cpu_bound, cpu_bound_fork, implicit_fork, io_bound,
-                                io_bound_fork, unsafe)
+                                io_bound_fork, trust_effects, unsafe)
     from .runtime.proxy import ResultProxy
 
 

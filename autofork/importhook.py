@@ -306,7 +306,8 @@ class _Marks:
             known = self._by_hash.get(digest)
         if known is None:
             try:
-                known = dict(_transformer().marked_functions(importlib.util.decode_source(data)))
+                # Without the functions whose effects keep them plain (autofork.effects).
+                known = dict(_transformer().forkable_functions(importlib.util.decode_source(data), ""))
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 known = {}
             with self._lock:

@@ -78,14 +78,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 if TYPE_CHECKING:
     import libcst as cst
 
-__all__ = ["Resolver", "marked_functions", "needs_rewrite", "rewrite", "compile_rewritten"]
+__all__ = ["Resolver", "marked_functions", "forkable_functions", "needs_rewrite", "rewrite",
+           "compile_rewritten"]
 
 Resolver = Callable[[str], Optional[Mapping[str, str]]]
 """resolver(absolute module name) -> {function name: "cpu" | "io"} for the functions that
 module marks, or None when its source cannot be found."""
 
 _FORK_MARKS = ("implicit_fork", "cpu_bound_fork", "io_bound_fork")
-_ALL_MARKS = frozenset((*_FORK_MARKS, "io_bound"))
+_TRUST_MARK = "trust_effects"
+_ALL_MARKS = frozenset((*_FORK_MARKS, "io_bound", _TRUST_MARK))
 _RUNTIME_MODULE = "autofork.runtime"
 _RUNTIME_NAME = "implicit"
 _PREFIX = "_autofork_"
@@ -266,13 +268,18 @@ def _ast_blocks(stmt: ast.stmt) -> Iterable[list[ast.stmt]]:
             yield inner
 
 
-def _ast_defs(body: list[ast.stmt], out: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """(name, line) of every def, in the order a pre-order walk of the statements meets them."""
+AstDef = Union[ast.FunctionDef, ast.AsyncFunctionDef]
+
+
+def ast_defs(body: list[ast.stmt], out: Optional[list[AstDef]] = None) -> list[AstDef]:
+    """Every def of ``body`` (stdlib ``ast``), in the order a pre-order walk of the statements
+    meets them: the order of ``Scopes.defs``, which gives their lines."""
+    out = [] if out is None else out
     for stmt in body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            out.append((stmt.name, stmt.lineno))
+            out.append(stmt)
         for block in _ast_blocks(stmt):
-            _ast_defs(block, out)
+            ast_defs(block, out)
     return out
 
 
@@ -294,6 +301,29 @@ def marked_functions(source: str) -> dict[str, str]:
     except (SyntaxError, ValueError):
         return {}
     return _scan_marks(tree)[0]
+
+
+def forkable_functions(source: str, module_name: str) -> dict[str, str]:
+    """``marked_functions`` without the functions whose effects keep their calls plain.
+
+    What the import hook tells other modules: a module that imports a function with
+    effects (``autofork.effects``) calls it plainly, as its own module does.  Parses
+    with libcst only when ``source`` marks something.
+    """
+    marks = marked_functions(source)
+    if not marks:
+        return marks
+    c = _libcst()
+    try:
+        module = c.parse_module(source)
+    except c.ParserSyntaxError:
+        return marks
+    scopes = Scopes(_package_of(module_name, None), _MemoResolver(lambda name: None))
+    _ScopeWalker(scopes).visit(module)
+    scopes.finish()
+    effects = _effects(module, scopes, source)
+    plain = {d.node.name.value for d in scopes.defs if id(d) in effects and d.scope is scopes.module}
+    return {name: kind for name, kind in marks.items() if name not in plain}
 
 
 class _MemoResolver:
@@ -475,7 +505,7 @@ OTHER = Binding()
 class Def(Binding):
     """A ``def``; its fork ``kind`` (None: not a forkable marked function) is set by ``Scopes.finish``."""
 
-    __slots__ = ("node", "scope", "body_scope", "kind", "generator_mark", "order")
+    __slots__ = ("node", "scope", "body_scope", "kind", "generator_mark", "order", "trusted")
 
     def __init__(self, node: cst.FunctionDef, scope: Scope, order: Optional[int]) -> None:
         self.node = node
@@ -484,6 +514,29 @@ class Def(Binding):
         self.body_scope: Optional[Scope] = None
         self.kind: Optional[str] = None
         self.generator_mark: Optional[str] = None
+        self.trusted = False          # marked @trust_effects
+
+
+class Param(Binding):
+    """A parameter of a function or lambda (not a method's first one)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Local(Binding):
+    """A name assigned in its scope: ``name = <source>``, ``with <source> as name``, or,
+    with ``element``, ``for name in <source>`` (the name holds an element of it).
+    ``scope`` is where the source is evaluated."""
+
+    __slots__ = ("source", "scope", "element")
+
+    def __init__(self, source: cst.BaseExpression, scope: Scope, element: bool = False) -> None:
+        self.source = source
+        self.scope = scope
+        self.element = element
 
 
 class FromImport(Binding):
@@ -601,6 +654,7 @@ class Scopes:
                 continue
             words = [self.mark_of(d.decorator, definition.scope) for d in definition.node.decorators]
             kind = _kind_of(w for w in words if w)
+            definition.trusted = _TRUST_MARK in words
             body = definition.body_scope
             if kind is not None and body is not None and body.is_generator:
                 definition.generator_mark = next(w for w in words if w in _FORK_MARKS)
@@ -932,8 +986,9 @@ class _ScopeWalker:
             if positional:
                 self_param = positional[0].name.value
         for param in _params(node.params):
-            binding: Binding = SelfParam(self.scope) if param.name.value == self_param else OTHER
-            inner.bindings.setdefault(param.name.value, []).append(binding)
+            name = param.name.value
+            binding: Binding = SelfParam(self.scope) if name == self_param else Param(name)
+            inner.bindings.setdefault(name, []).append(binding)
         self._in_region("function", node.body, inner)
 
     def _visit_param_parts(self, params: cst.Parameters) -> None:
@@ -951,7 +1006,7 @@ class _ScopeWalker:
         self._visit_param_parts(node.params)
         inner = self.scopes.open("lambda", self.scope, node)
         for param in _params(node.params):
-            inner.bindings.setdefault(param.name.value, []).append(OTHER)
+            inner.bindings.setdefault(param.name.value, []).append(Param(param.name.value))
         saved = self.scope
         self.scope = inner
         self.visit(node.body)
@@ -977,7 +1032,8 @@ class _ScopeWalker:
         while clause is not None:
             self.path.append(clause)
             depth += 1
-            self.target(clause.target)
+            self.target(clause.target, Local(clause.iter, saved if clause is first else self.scope,
+                                             element=True))
             if clause is not first:
                 self.visit(clause.iter)
             for condition in clause.ifs:
@@ -1011,12 +1067,12 @@ class _ScopeWalker:
             self.path.append(node)
             for element in node.elements:
                 self.path.append(element)
-                self.target(element.value)
+                self.target(element.value, binding)
                 self.path.pop()
             self.path.pop()
         elif isinstance(node, c.StarredElement):
             self.path.append(node)
-            self.target(node.value)
+            self.target(node.value, binding)
             self.path.pop()
         else:
             self.visit(node)
@@ -1034,10 +1090,12 @@ class _ScopeWalker:
         self.visit(node.value)
 
     def _v_assign_target(self, node: cst.AssignTarget) -> None:
-        self.target(node.target)
+        assign = self.path[-2]
+        self.target(node.target, Local(assign.value, self.scope) if isinstance(assign, _cst.Assign)
+                    else OTHER)
 
     def _v_ann_assign(self, node: cst.AnnAssign) -> None:
-        self.target(node.target)
+        self.target(node.target, OTHER if node.value is None else Local(node.value, self.scope))
         self.visit(node.annotation)
         if node.value is not None:
             self._assigned(node.target, node.value, self._binding_scope(node.target))
@@ -1048,7 +1106,7 @@ class _ScopeWalker:
         self.visit(node.value)
 
     def _v_for(self, node: cst.For) -> None:
-        self.target(node.target)
+        self.target(node.target, Local(node.iter, self.scope, element=True))
         self.visit(node.iter)
         self._loop_body(node)
 
@@ -1060,7 +1118,7 @@ class _ScopeWalker:
         self.visit(node.item)
         if node.asname is not None:
             self.path.append(node.asname)
-            self.target(node.asname.name)
+            self.target(node.asname.name, Local(node.item, self.scope))
             self.path.pop()
 
     def _v_except(self, node: Union[cst.ExceptHandler, cst.ExceptStarHandler]) -> None:
@@ -1074,7 +1132,7 @@ class _ScopeWalker:
         while scope.kind == "comp" and scope.parent is not None:
             scope = scope.parent
         if isinstance(node.target, _cst.Name):
-            bound = self.bind(node.target.value, OTHER, scope)
+            bound = self.bind(node.target.value, Local(node.value, self.scope), scope)
             self._assigned(node.target, node.value,
                            None if node.target.value in scope.nonlocals else bound)
         self.visit(node.value)
@@ -1359,11 +1417,12 @@ class _Rewriter:
     """Rebuilds the nodes on the paths to a change; everything else is kept as parsed."""
 
     def __init__(self, plan: _Plan, names: _Names, warnings: list[tuple[str, int, str]],
-                 module_name: str) -> None:
+                 module_name: str, notices: Sequence[tuple[str, int, str]] = ()) -> None:
         c = _cst
         self.a = plan
         self.names = names
         self.warnings = warnings
+        self.notices = notices
         self.module_name = module_name
         self.after: dict[type, Callable[[Any, Any], Any]] = {
             c.Call: self._call, c.Name: self._name, c.IndentedBlock: self._block,
@@ -1467,6 +1526,14 @@ class _Rewriter:
                 code = (f"{w}.warn_explicit({message!r}, {category}, "
                         f"globals().get('__file__') or {self.module_name!r}, {line}, __name__)\n")
                 out.append(c.parse_statement(code).body[0])
+        if self.notices:
+            notices = names.fresh(f"{_PREFIX}notices")
+            out.append(c.parse_statement(
+                f"from {_RUNTIME_MODULE} import notices as {notices}\n").body[0])
+            for function, line, message in self.notices:
+                code = (f"{notices}.kept_plain({function!r}, {message!r}, "
+                        f"globals().get('__file__') or {self.module_name!r}, {line}, __name__)\n")
+                out.append(c.parse_statement(code).body[0])
         return out
 
     def _insert_prelude(self, body: list[Any]) -> list[Any]:
@@ -1532,17 +1599,17 @@ def _generator_warnings(scopes: Scopes, source: str) -> list[tuple[str, int, str
     """(function, line, mark) of each marked generator, the line taken from an ast walk."""
     if not scopes.generator_defs:
         return []
-    ast_defs = _ast_defs(ast.parse(source).body, [])
+    found = [(d.name, d.lineno) for d in ast_defs(ast.parse(source).body)]
     positions = {id(d): i for i, d in enumerate(scopes.defs)}
-    same_order = len(ast_defs) == len(scopes.defs) and all(
-        a[0] == d.node.name.value for a, d in zip(ast_defs, scopes.defs))
+    same_order = len(found) == len(scopes.defs) and all(
+        a[0] == d.node.name.value for a, d in zip(found, scopes.defs))
     out = []
     for definition in scopes.generator_defs:
         name = definition.node.name.value
         if same_order:
-            line = ast_defs[positions[id(definition)]][1]
+            line = found[positions[id(definition)]][1]
         else:
-            line = next((ln for n, ln in ast_defs if n == name), 0)
+            line = next((ln for n, ln in found if n == name), 0)
         out.append((name, line, definition.generator_mark or "implicit_fork"))
     return out
 
@@ -1577,31 +1644,51 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     walk = _CallRecorder(scopes)
     walk.visit(module)
     scopes.finish()
+    effects = _effects(module, scopes, source)
     plan = _Plan(walk, _runtime_alias(module))
-    if not plan.decide():
+    if not plan.decide(plain=lambda bindings: any(id(b) in effects for b in bindings)) and not effects:
         return source
     warnings = _generator_warnings(scopes, source)
-    if warnings and _has_warning_prelude(module):
+    if warnings and _has_import(module, "warnings"):
         warnings = []
-        if not (plan.rewrites or plan.unwraps):
-            return source
+    notices = [(e.function, e.line, e.message()) for e in effects.values()]
+    if notices and _has_import(module, f"{_RUNTIME_MODULE}.notices"):
+        notices = []
+    if not (plan.rewrites or plan.unwraps or warnings or notices):
+        return source
     plan.dirty.add(id(module))
     names = _Names(source, plan.runtime_alias)
-    code = _Rewriter(plan, names, warnings, module_name).rebuild(module).code
+    code = _Rewriter(plan, names, warnings, module_name, notices).rebuild(module).code
     return source if code == source else code
 
 
-def _has_warning_prelude(module: Any) -> bool:
-    """Whether an earlier rewrite already put the generator warnings in (idempotence)."""
+def _effects(module: Any, scopes: Scopes, source: str) -> dict[int, Any]:
+    """id(Def) -> its first effect, for the marked defs whose calls must stay plain."""
+    if not any(d.kind is not None for d in scopes.defs):
+        return {}
+    from autofork import effects
+
+    return effects.find_effects(module, scopes, source)
+
+
+def _has_import(module: Any, dotted: str) -> bool:
+    """Whether an earlier rewrite's prelude already imports ``dotted`` (idempotence)."""
     c = _cst
     for stmt in module.body[:3]:
         if isinstance(stmt, c.SimpleStatementLine):
             for small in stmt.body:
-                if (isinstance(small, c.Import) and len(small.names) == 1
-                        and _dotted(small.names[0].name) == "warnings"
-                        and small.names[0].asname is not None
-                        and isinstance(small.names[0].asname.name, c.Name)
-                        and small.names[0].asname.name.value.startswith(_PREFIX)):
+                if isinstance(small, c.Import):
+                    aliases = small.names
+                    name = _dotted(aliases[0].name) if len(aliases) == 1 else None
+                elif isinstance(small, c.ImportFrom) and small.module is not None and not isinstance(
+                        small.names, c.ImportStar) and len(small.names) == 1:
+                    aliases = small.names
+                    name = f"{_dotted(small.module)}.{_dotted(aliases[0].name)}"
+                else:
+                    continue
+                asname = aliases[0].asname
+                if (name == dotted and asname is not None and isinstance(asname.name, c.Name)
+                        and asname.name.value.startswith(_PREFIX)):
                     return True
     return False
 

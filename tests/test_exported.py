@@ -10,7 +10,7 @@ import autofork
 PUBLIC = {
     "fork", "evaluate", "evaluate_all", "wait", "as_completed", "scope", "configure",
     "cpu_bound", "io_bound", "unsafe", "implicit_fork", "cpu_bound_fork", "io_bound_fork",
-    "ResultProxy", "WorkerCrashed", "RemoteError", "AutoforkWarning",
+    "trust_effects", "ResultProxy", "WorkerCrashed", "RemoteError", "AutoforkWarning",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "__version__",
 }
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any, Callable, Literal, TypeVar
 
 __all__ = ["cpu_bound", "io_bound", "unsafe", "implicit_fork", "cpu_bound_fork",
-           "io_bound_fork", "kind_of", "Kind"]
+           "io_bound_fork", "trust_effects", "kind_of", "Kind"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Kind = Literal["cpu", "io", "async", "unsafe"]
 
 _KIND = "__autofork_kind__"
 _IMPLICIT = "__autofork_implicit__"
+_TRUSTED = "__autofork_trust_effects__"
 
 
 def _mark(fn: F, attribute: str, value: object, *, only_if_unset: bool = False) -> F:
@@ -64,6 +65,15 @@ def cpu_bound_fork(fn: F) -> F:
 def io_bound_fork(fn: F) -> F:
     """``@implicit_fork`` + ``@io_bound`` in one mark (xfork's name)."""
     return implicit_fork(io_bound(fn))
+
+
+def trust_effects(fn: F) -> F:
+    """Tell the rewriter that the caller need not see what ``fn`` changes (an argument,
+    ``self``, a global, the global random generator): fork it anyway, without a warning.
+
+    Only the rewriter reads it; called plainly, ``fn`` runs as ever.
+    """
+    return _mark(fn, _TRUSTED, True)
 
 
 def kind_of(fn: Callable[..., Any]) -> Kind:

@@ -15,7 +15,8 @@ import threading
 import time
 from typing import Any, Optional, TextIO
 
-__all__ = ["active", "start", "ran", "inline", "forked", "report", "write_trace"]
+__all__ = ["active", "start", "ran", "inline", "forked", "kept_plain", "report",
+           "report_if_not_yet", "write_trace"]
 
 active = False
 _lock = threading.Lock()
@@ -42,6 +43,8 @@ class _Function:
 
 
 _functions: dict[str, _Function] = {}
+_kept_plain: dict[str, str] = {}  # function -> why the rewriter did not fork it
+_reported = False
 
 
 def start(stats: bool, trace: Optional[str]) -> None:
@@ -98,11 +101,34 @@ def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int
                             "args": {"calls": calls}})
 
 
+def kept_plain(name: str, reason: str) -> None:
+    """The rewriter kept the calls of ``name`` plain, for ``reason`` (recorded always: once
+    per function, at import)."""
+    with _lock:
+        _kept_plain[name] = reason
+
+
+def report_if_not_yet(stream: Optional[TextIO] = None) -> None:
+    """``report``, unless it already ran."""
+    if not _reported:
+        report(stream or sys.stderr)
+
+
 def report(stream: TextIO = sys.stderr) -> None:
-    """Print the table of ``--stats``."""
-    if not _functions:
+    """Print the table of ``--stats``, then the functions kept plain and why."""
+    global _reported
+    _reported = True
+    if not _functions and not _kept_plain:
         return
     print("autofork --stats", file=stream)
+    _report_functions(stream)
+    for name, reason in sorted(_kept_plain.items()):
+        print(f"{name[:32]:<32} kept plain (calls run in the caller): {reason}", file=stream)
+
+
+def _report_functions(stream: TextIO) -> None:
+    if not _functions:
+        return
     header = (f"{'function':<32} {'calls':>7} {'inline':>7} {'where':<22} {'mean':>10} "
               f"{'overhead':>10} {'parallel':>8}")
     print(header, file=stream)

@@ -1,0 +1,509 @@
+"""Effects a caller could see (SPEC section 4b): which marked functions must stay plain.
+
+A call that runs in another process cannot change the caller's objects, and calls in
+threads change them in another order.  So the rewriter reads each marked function, and
+the functions of its own module that it calls (transitively), for effects, and keeps
+the calls of a function that has one plain, with one warning.  The rules:
+
+=================================  ===========================================  =========
+effect                             found as                                     rule
+=================================  ===========================================  =========
+writes to an argument              ``p[k] = v``, ``p.a = v``, ``p[k] += v``,    plain
+                                   ``del p[k]``, ``p.append(x)`` (the mutating
+                                   methods of list/dict/set/deque/bytearray),
+                                   ``heapq.heappush(p, x)``, ``setattr(p, ...)``
+writes to ``self``                 the same on a method's first parameter       plain
+writes to module state             ``global G`` then ``G = ...``; the same      plain
+                                   writes on a module-level or imported name
+                                   (``COUNTS[k] += 1``, ``CACHE.append(x)``,
+                                   ``settings.FACTOR = 7``)
+writes to enclosing state          ``nonlocal n`` then ``n = ...``; writes      plain
+                                   on a name of an enclosing function
+the global random generator        ``random.random()``, ``random.shuffle(p)``,  plain
+                                   ``numpy.random.rand()`` (not
+                                   ``random.Random(seed)``, ``default_rng``)
+calls a same-module function       its effects, with each argument it changes   plain
+                                   mapped to what the caller passed
+=================================  ===========================================  =========
+
+A name is resolved by the rewriter's own ``Scopes`` (never by spelling): ``p`` above is a
+parameter of the function itself, or a local bound to one (``q = p``, ``for row in p``,
+``with p as q``); a local built by a call (``q = list(p)``, ``q = []``) is the function's
+own, and changing it is no effect.  Not effects: ``print``, ``logging`` and
+``warnings`` (their output is carried back by the runtime), ``open(path, "w")`` on a file
+of the call's own, reading globals, calls into other modules.
+
+Limits, on purpose (the run-time argument check catches what the source cannot show):
+the analysis is flow-insensitive (a parameter rebound to a copy, ``p = list(p)``, still
+counts as the parameter), ``p += x`` on a bare parameter is taken as a rebinding, methods
+of unknown objects (``p.add_item(x)``) count only when their name is one of the
+built-in containers' mutating methods, and a function imported from another module is
+analysed there, not at its callers.
+
+``@trust_effects`` on a function (``from autofork import trust_effects``) says its
+effects need not be seen by the caller: it is forked anyway, without a warning, and its
+effects do not make its callers plain.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import libcst as cst
+
+from autofork.transformer import (Def, FromImport, Local, ModuleImport, Param, Scope,
+                                  Scopes, SelfParam, ast_defs)
+
+__all__ = ["Effect", "find_effects", "MUTATING_METHODS"]
+
+#: Methods of the built-in containers (list, dict, set, deque, bytearray, OrderedDict)
+#: that change the object they are called on.
+MUTATING_METHODS = frozenset({
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "update",
+    "setdefault", "popitem", "add", "discard", "difference_update", "intersection_update",
+    "symmetric_difference_update", "appendleft", "extendleft", "popleft", "rotate",
+    "move_to_end", "__setitem__", "__delitem__", "__iadd__",
+})
+# Functions of other modules that change their first argument in place.
+_MUTATING_FUNCTIONS = {
+    "heapq": frozenset({"heappush", "heappop", "heapify", "heapreplace", "heappushpop"}),
+    "bisect": frozenset({"insort", "insort_left", "insort_right"}),
+}
+_RANDOM_GLOBAL = frozenset({
+    "random", "uniform", "randint", "randrange", "choice", "choices", "shuffle", "sample",
+    "seed", "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate",
+    "gammavariate", "betavariate", "paretovariate", "weibullvariate", "triangular",
+    "getrandbits", "randbytes", "setstate", "binomialvariate",
+})
+# numpy.random names that make a generator of one's own: every other function of
+# numpy.random draws from (or reseeds) the global one.
+_NUMPY_OWN = frozenset({
+    "default_rng", "Generator", "RandomState", "SeedSequence", "BitGenerator", "PCG64",
+    "PCG64DXSM", "MT19937", "Philox", "SFC64",
+})
+_VERBS = {"append": "appending to", "extend": "extending", "insert": "inserting into",
+          "add": "adding to", "update": "updating", "setdefault": "updating",
+          "appendleft": "appending to", "extendleft": "extending"}
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One effect of a function that its caller could see."""
+
+    function: str    # the function's name
+    line: int        # line of the effect in the module's file
+    kind: str        # argument, self, module, enclosing, random
+    what: str        # "`out.append(...)` changes the argument `out`"
+    fix: str         # "return the new list instead of appending to `out`"
+    param: Optional[str] = None   # the parameter changed (kinds argument and self)
+
+    def message(self) -> str:
+        """The warning text (the file and line come with the warning itself)."""
+        return (f"{self.function}() is not forked, its calls run in the caller: line "
+                f"{self.line}: {self.what}. Fix: {self.fix}; or mark it @trust_effects "
+                f"if the caller need not see this")
+
+
+def find_effects(module: cst.Module, scopes: Scopes, source: str) -> dict[int, Effect]:
+    """id(Def) -> the first effect, for each marked (forkable) def of a finished ``scopes``.
+
+    Defs marked ``@trust_effects`` are left out.  ``source`` gives the lines.
+    """
+    marked = [d for d in scopes.defs if d.kind is not None and not d.trusted]
+    if not marked:
+        return {}
+    finder = _Finder(module, scopes, source)
+    found = {}
+    for definition in marked:
+        effects = finder.effects_of(definition)
+        if effects:
+            found[id(definition)] = min(effects, key=lambda e: e.line)
+    return found
+
+
+# --------------------------------------------------------------------------- owners
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Whose object a written expression is: kind argument/self/module/enclosing, and name."""
+
+    kind: str
+    name: str
+
+
+def _root(expression: cst.BaseExpression) -> Optional[cst.Name]:
+    """``a`` of ``a``, ``a.b[c].d``; None when the chain starts elsewhere (a call, a literal)."""
+    while isinstance(expression, (cst.Attribute, cst.Subscript)):
+        expression = expression.value
+    return expression if isinstance(expression, cst.Name) else None
+
+
+def _inside(scope: Optional[Scope], outer: Scope) -> bool:
+    while scope is not None:
+        if scope is outer:
+            return True
+        scope = scope.parent
+    return False
+
+
+class _Finder:
+    """The effects of the defs of one module, each def read once (memoised)."""
+
+    def __init__(self, module: cst.Module, scopes: Scopes, source: str) -> None:
+        self.module = module
+        self.scopes = scopes
+        self.source = source
+        self.memo: dict[int, list[Effect]] = {}
+        self._lines: Optional[_Lines] = None
+
+    def lines(self) -> _Lines:
+        if self._lines is None:
+            self._lines = _Lines(self.module, self.scopes, self.source)
+        return self._lines
+
+    def effects_of(self, definition: Def) -> list[Effect]:
+        key = id(definition)
+        if key not in self.memo:
+            self.memo[key] = []   # a recursive call sees no effects of its own yet
+            self.memo[key] = _Body(self, definition).effects()
+        return self.memo[key]
+
+    def owner(self, expression: cst.BaseExpression, scope: Scope, function: Scope,
+              seen: frozenset[int] = frozenset()) -> Optional[_Owner]:
+        """Whose object ``expression`` (a chain of attributes and items) is, seen from
+        ``scope`` inside the body of ``function``; None for the function's own."""
+        if isinstance(expression, (cst.Tuple, cst.List)):
+            for element in expression.elements:
+                found = self.owner(element.value, scope, function, seen)
+                if found is not None:
+                    return found
+            return None
+        root = _root(expression)
+        if root is None:
+            return None
+        name = root.value
+        found_in, bindings = self.scopes.lookup(scope, name)
+        if found_in is None:
+            return None                       # a builtin, or unbound
+        if found_in is self.scopes.module:
+            return _Owner("module", name)    # a module-level name, or another module's
+        if not _inside(found_in, function):
+            return _Owner("enclosing", name)
+        for binding in bindings:
+            if isinstance(binding, SelfParam) and found_in is function:
+                return _Owner("self", name)
+            if isinstance(binding, Param) and found_in is function:
+                return _Owner("argument", name)
+            if isinstance(binding, Local) and id(binding) not in seen:
+                aliased = self._alias(binding, function, seen | {id(binding)})
+                if aliased is not None:
+                    return aliased
+        return None
+
+    def _alias(self, binding: Local, function: Scope, seen: frozenset[int]) -> Optional[_Owner]:
+        """The owner a local is bound to: ``q = p``, ``for row in p``, ``for i, r in enumerate(p)``."""
+        source = binding.source
+        sources: Sequence[cst.BaseExpression] = (source,)
+        if binding.element and isinstance(source, cst.Call):
+            # Iterating enumerate(p), zip(p, q), p.items(), sorted(p): the elements are p's.
+            if isinstance(source.func, cst.Attribute):
+                sources = (source.func.value,)
+            else:
+                sources = tuple(arg.value for arg in source.args)
+        elif isinstance(source, cst.IfExp):
+            sources = (source.body, source.orelse)
+        elif isinstance(source, cst.BooleanOperation):
+            sources = (source.left, source.right)
+        for expression in sources:
+            found = self.owner(expression, binding.scope, function, seen)
+            if found is not None:
+                return found
+        return None
+
+
+# ---------------------------------------------------------------------- one function
+
+
+class _Body(cst.CSTVisitor):
+    """Reads one def's body (nested lambdas, comprehensions and defs included)."""
+
+    def __init__(self, finder: _Finder, definition: Def) -> None:
+        super().__init__()
+        self.finder = finder
+        self.scopes = finder.scopes
+        self.definition = definition
+        self.name = definition.node.name.value
+        self.function = definition.body_scope or self.scopes.module
+        self.stack: list[Scope] = [self.function]
+        self.found: list[tuple[cst.CSTNode, str, str, str, Optional[str]]] = []
+        self.inherited: list[Effect] = []
+
+    def effects(self) -> list[Effect]:
+        self.definition.node.body.visit(self)
+        lines = self.finder.lines()
+        out = [Effect(self.name, lines.of(self.definition, node), kind, what, fix, param)
+               for node, kind, what, fix, param in self.found]
+        return out + self.inherited
+
+    # ---- scopes
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        scope = self.scopes.scope_of(node)
+        if scope is not None:
+            self.stack.append(scope)
+        return super().on_visit(node)
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        super().on_leave(original_node)
+        if self.scopes.scope_of(original_node) is not None:
+            self.stack.pop()
+
+    @property
+    def scope(self) -> Scope:
+        return self.stack[-1]
+
+    def text(self, node: cst.CSTNode) -> str:
+        code = self.finder.module.code_for_node(node).strip()
+        first = code.splitlines()[0] if code else ""
+        return first if len(first) <= 60 else first[:57] + "..."
+
+    # ---- writes
+
+    def _write(self, node: cst.CSTNode, target: cst.BaseExpression) -> None:
+        owner = self.finder.owner(target, self.scope, self.function)
+        if owner is not None:
+            self._report(node, owner, f"`{self.text(node)}`", None)
+
+    def _report(self, node: cst.CSTNode, owner: _Owner, what: str, method: Optional[str]) -> None:
+        name = owner.name
+        if owner.kind == "argument":
+            verb = _VERBS.get(method or "")
+            if verb and method in ("append", "extend", "insert", "appendleft", "extendleft"):
+                fix = f"return the new list instead of {verb} `{name}`"
+            elif method == "sort":
+                fix = f"return `sorted({name})` instead of sorting `{name}` in place"
+            elif verb:
+                fix = f"return the new value instead of {verb} `{name}`"
+            else:
+                fix = f"return the new value instead of changing `{name}` in place"
+            what = f"{what} changes the argument `{name}`"
+        elif owner.kind == "self":
+            fix = f"return the new value and set it on `{name}` in the caller"
+            what = f"{what} changes `{name}`"
+        elif owner.kind == "module":
+            fix = f"return the change and apply it to `{name}` in the caller"
+            what = f"{what} changes the module-level `{name}`"
+        else:
+            fix = f"return the new value and assign `{name}` in the caller"
+            what = f"{what} changes `{name}` of an enclosing function"
+        self.found.append((node, owner.kind, what, fix, name))
+
+    def _targets(self, node: cst.CSTNode, target: cst.BaseExpression) -> None:
+        if isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                self._targets(node, element.value)
+        elif isinstance(target, cst.StarredElement):
+            self._targets(node, target.value)
+        elif isinstance(target, (cst.Attribute, cst.Subscript)):
+            self._write(node, target)
+        elif isinstance(target, cst.Name):
+            self._rebinding(node, target.value)
+
+    def _rebinding(self, node: cst.CSTNode, name: str) -> None:
+        scope = self.scope
+        if name in scope.globals:
+            self._report(node, _Owner("module", name),
+                         f"`global {name}` then `{self.text(node)}`", None)
+        elif name in scope.nonlocals:
+            found_in, _ = self.scopes.lookup(scope, name)
+            if not _inside(found_in, self.function) or found_in is None:
+                self._report(node, _Owner("enclosing", name),
+                             f"`nonlocal {name}` then `{self.text(node)}`", None)
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        for target in node.targets:
+            self._targets(node, target.target)
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self._targets(node, node.target)
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        if node.value is not None:
+            self._targets(node, node.target)
+
+    def visit_Del(self, node: cst.Del) -> None:
+        self._targets(node, node.target)
+
+    def visit_For(self, node: cst.For) -> None:
+        self._targets(node, node.target)
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+        if isinstance(node.target, cst.Name):
+            self._rebinding(node, node.target.value)
+
+    # ---- calls
+
+    def visit_Call(self, node: cst.Call) -> None:
+        func = node.func
+        if isinstance(func, cst.Attribute) and func.attr.value in MUTATING_METHODS:
+            owner = self.finder.owner(func.value, self.scope, self.function)
+            if owner is not None and not self._is_module_function(func):
+                self._report(node, owner, f"`{self.text(func)}(...)`", func.attr.value)
+                return
+        if isinstance(func, cst.Name) and func.value in ("setattr", "delattr") and node.args:
+            if self.scopes.lookup(self.scope, func.value)[0] is None:
+                owner = self.finder.owner(node.args[0].value, self.scope, self.function)
+                if owner is not None:
+                    self._report(node, owner, f"`{self.text(node)}`", None)
+                    return
+        module, attr = self._imported(func)
+        if module is not None and attr is not None:
+            self._module_call(node, module, attr)
+            return
+        for callee in self._callees(func):
+            self._inherit(node, callee)
+
+    def _is_module_function(self, func: cst.Attribute) -> bool:
+        """``np.append(...)``: a function of an imported module, not a method."""
+        if not isinstance(func.value, cst.Name):
+            return False
+        bindings = self.scopes.lookup(self.scope, func.value.value)[1]
+        return bool(bindings) and all(isinstance(b, ModuleImport) for b in bindings)
+
+    def _imported(self, func: cst.BaseExpression) -> tuple[Optional[str], Optional[str]]:
+        """(module, function) when ``func`` is a function of an imported module."""
+        parts: list[str] = []
+        node = func
+        while isinstance(node, cst.Attribute):
+            parts.append(node.attr.value)
+            node = node.value
+        if not isinstance(node, cst.Name):
+            return None, None
+        parts.reverse()
+        bindings = self.scopes.lookup(self.scope, node.value)[1]
+        if len(bindings) != 1:
+            return None, None
+        binding = bindings[0]
+        if isinstance(binding, ModuleImport) and parts:
+            return ".".join([binding.module, *parts[:-1]]), parts[-1]
+        if isinstance(binding, FromImport):
+            if parts:
+                return ".".join([binding.module, binding.name, *parts[:-1]]), parts[-1]
+            return binding.module, binding.name
+        return None, None
+
+    def _module_call(self, node: cst.Call, module: str, attr: str) -> None:
+        if (module == "random" and attr in _RANDOM_GLOBAL) or (
+                module == "numpy.random" and attr not in _NUMPY_OWN):
+            own = ("`random.Random(seed)`" if module == "random"
+                   else "`numpy.random.default_rng(seed)`")
+            self.found.append((node, "random", f"`{self.text(node.func)}()` uses the global "
+                               f"`{module}` generator, whose draws depend on the order of calls",
+                               f"pass a seed per call and draw from a generator of the call's "
+                               f"own, {own}", None))
+        elif attr in _MUTATING_FUNCTIONS.get(module, ()) and node.args:
+            owner = self.finder.owner(node.args[0].value, self.scope, self.function)
+            if owner is not None:
+                self._report(node, owner, f"`{self.text(node.func)}(...)`", "update")
+
+    def _callees(self, func: cst.BaseExpression) -> list[Def]:
+        """The same-module defs a call may call (all bindings defs, or ``self.m``)."""
+        if isinstance(func, cst.Name):
+            bindings = self.scopes.lookup(self.scope, func.value)[1]
+        elif isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name):
+            owners = self.scopes.lookup(self.scope, func.value.value)[1]
+            if not owners or not all(isinstance(b, SelfParam) for b in owners):
+                return []
+            classes = {id(b.cls): b.cls for b in owners if isinstance(b, SelfParam)}
+            if len(classes) != 1:
+                return []
+            bindings = next(iter(classes.values())).bindings.get(func.attr.value, [])
+        else:
+            return []
+        if not bindings or not all(isinstance(b, Def) for b in bindings):
+            return []
+        return [b for b in bindings if isinstance(b, Def) and not b.trusted]
+
+    def _inherit(self, node: cst.Call, callee: Def) -> None:
+        """The callee's effects, as this function's: an argument it changes is mapped to
+        what this call passes for it."""
+        name = callee.node.name.value
+        for effect in self.finder.effects_of(callee):
+            owner: Optional[_Owner] = _Owner(effect.kind, effect.param or "")
+            if effect.kind in ("argument", "self"):
+                owner = self._passed(node, callee, effect)
+            elif effect.kind == "enclosing" and callee.body_scope is not None:
+                found_in = self.scopes.lookup(callee.body_scope, effect.param or "")[0]
+                if _inside(found_in, self.function):
+                    continue    # a nested def changing this function's own local
+            if owner is None:
+                continue
+            what = f"`{self.text(node)}` calls {name}(), where line {effect.line}: {effect.what}"
+            if effect.kind == "random":
+                self.found.append((node, "random", what, effect.fix, None))
+            else:
+                self.found.append((node, owner.kind, what, effect.fix, owner.name))
+
+    def _passed(self, node: cst.Call, callee: Def, effect: Effect) -> Optional[_Owner]:
+        """Whose object the caller passes for the parameter ``effect`` changes."""
+        params = callee.node.params
+        if effect.kind == "self":
+            func = node.func
+            if isinstance(func, cst.Attribute):
+                return self.finder.owner(func.value, self.scope, self.function)
+            return None
+        positional = [p.name.value for p in (*params.posonly_params, *params.params)]
+        if callee.body_scope is not None and positional and any(
+                isinstance(b, SelfParam) for b in callee.body_scope.bindings.get(positional[0], ())):
+            positional = positional[1:]   # called as self.m(...): self is not in the args
+        args = [a.value for a in node.args if a.keyword is None and not a.star]
+        passed: Optional[cst.BaseExpression] = None
+        for arg in node.args:
+            if arg.keyword is not None and arg.keyword.value == effect.param:
+                passed = arg.value
+        if passed is None and effect.param in positional:
+            index = positional.index(effect.param)
+            if index < len(args):
+                passed = args[index]
+            elif any(a.star for a in node.args):
+                stars = [a.value for a in node.args if a.star]
+                return next((o for o in (self.finder.owner(s, self.scope, self.function)
+                                         for s in stars) if o is not None), None)
+        if passed is None:
+            if effect.param in positional or any(
+                    p.name.value == effect.param for p in params.kwonly_params):
+                # The parameter's default, made once when the def ran: module state.
+                return _Owner("module", f"{callee.node.name.value}.{effect.param}")
+            return None
+        return self.finder.owner(passed, self.scope, self.function)
+
+
+# ---------------------------------------------------------------------------- lines
+
+
+class _Lines:
+    """The line of a node inside a def: the def's lines come from ``ast`` (in the same
+    order as ``Scopes.defs``), the node's from its first text line inside them."""
+
+    def __init__(self, module: cst.Module, scopes: Scopes, source: str) -> None:
+        self.module = module
+        self.lines = source.splitlines()
+        defs = ast_defs(ast.parse(source).body)
+        self.ranges: dict[int, tuple[int, int]] = {}
+        if len(defs) == len(scopes.defs):
+            for definition, node in zip(scopes.defs, defs):
+                if definition.node.name.value == node.name:
+                    self.ranges[id(definition)] = (node.lineno, node.end_lineno or node.lineno)
+
+    def of(self, definition: Def, node: cst.CSTNode) -> int:
+        start, end = self.ranges.get(id(definition), (1, len(self.lines)))
+        code = self.module.code_for_node(node).strip()
+        first = code.splitlines()[0].strip() if code else ""
+        for number in range(start, end + 1):
+            if first and first in self.lines[number - 1]:
+                return number
+        return start
+
