@@ -295,7 +295,8 @@ def _ask_finders(name: str, path: Optional[Iterable[str]]) -> Optional[importlib
 
 
 class _Marks:
-    """The marks each source defines, remembered by source hash (the ast pass is not free)."""
+    """The forkable marks each source defines, remembered by source hash (the ast pass is not
+    free, and a module that marks something is also read with libcst for its effects)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

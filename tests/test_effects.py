@@ -487,10 +487,17 @@ HELPERS = '''\
 '''
 MAIN = '''\
     import helpers
-    out = []
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def keep(seen, x):
+        seen[x] = True
+
+    out, seen = [], {}
     for i in range(4):
         helpers.add(out, i)
-    print(out)
+        keep(seen, i)
+    print(out, sorted(seen))
 '''
 
 
@@ -504,9 +511,11 @@ def test_the_warning_comes_from_the_cache_too_and_across_modules(tmp_path: Path)
     second = run(tmp_path, MAIN, env=env)
     for done in (first, second):
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == "[0, 1, 2, 3]"
+        assert done.stdout.strip() == "[0, 1, 2, 3] [0, 1, 2, 3]"
         assert done.stderr.count("add() is not forked") == 1, done.stderr
         assert "helpers.py:5: AutoforkWarning" in done.stderr
+        assert done.stderr.count("keep() is not forked") == 1, done.stderr
+        assert "script.py:6: AutoforkWarning" in done.stderr
 
 
 def test_diff_and_stats_show_the_effect(tmp_path: Path) -> None:
