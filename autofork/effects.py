@@ -83,6 +83,9 @@ _NUMPY_OWN = frozenset({
     "default_rng", "Generator", "RandomState", "SeedSequence", "BitGenerator", "PCG64",
     "PCG64DXSM", "MT19937", "Philox", "SFC64",
 })
+# Calls that make a generator: one made at module level is shared by every call.
+_GENERATORS = frozenset({("random", "Random"), ("numpy.random", "default_rng"),
+                         ("numpy.random", "RandomState"), ("numpy.random", "Generator")})
 _VERBS = {"append": "appending to", "extend": "extending", "insert": "inserting into",
           "add": "adding to", "update": "updating", "setdefault": "updating",
           "appendleft": "appending to", "extendleft": "extending"}
@@ -141,6 +144,16 @@ def _root(expression: cst.BaseExpression) -> Optional[cst.Name]:
     return expression if isinstance(expression, cst.Name) else None
 
 
+def _qualname(definition: Def) -> str:
+    """``Account.deposit``, ``total.<locals>.step``: the def's ``__qualname__``."""
+    parts = [definition.node.name.value]
+    scope: Optional[Scope] = definition.scope
+    while scope is not None and scope.kind in ("class", "function"):
+        parts.append(scope.name if scope.kind == "class" else f"{scope.name}.<locals>")
+        scope = scope.parent
+    return ".".join(reversed(parts))
+
+
 def _inside(scope: Optional[Scope], outer: Scope) -> bool:
     while scope is not None:
         if scope is outer:
@@ -172,12 +185,13 @@ class _Finder:
         return self.memo[key]
 
     def owner(self, expression: cst.BaseExpression, scope: Scope, function: Scope,
-              seen: frozenset[int] = frozenset()) -> Optional[_Owner]:
+              seen: frozenset[int] = frozenset(), inside: bool = False) -> Optional[_Owner]:
         """Whose object ``expression`` (a chain of attributes and items) is, seen from
-        ``scope`` inside the body of ``function``; None for the function's own."""
+        ``scope`` inside the body of ``function``; None for the function's own.
+        ``inside``: the object changed is an element of ``expression``."""
         if isinstance(expression, (cst.Tuple, cst.List)):
             for element in expression.elements:
-                found = self.owner(element.value, scope, function, seen)
+                found = self.owner(element.value, scope, function, seen, inside)
                 if found is not None:
                     return found
             return None
@@ -196,14 +210,18 @@ class _Finder:
             if isinstance(binding, SelfParam) and found_in is function:
                 return _Owner("self", name)
             if isinstance(binding, Param) and found_in is function:
+                if binding.packed and expression is root and not inside:
+                    continue    # args.pop(), kwargs["k"] = v: this call's own tuple/dict
                 return _Owner("argument", name)
             if isinstance(binding, Local) and id(binding) not in seen:
-                aliased = self._alias(binding, function, seen | {id(binding)})
+                aliased = self._alias(binding, function, seen | {id(binding)},
+                                      inside or expression is not root)
                 if aliased is not None:
                     return aliased
         return None
 
-    def _alias(self, binding: Local, function: Scope, seen: frozenset[int]) -> Optional[_Owner]:
+    def _alias(self, binding: Local, function: Scope, seen: frozenset[int],
+               inside: bool) -> Optional[_Owner]:
         """The owner a local is bound to: ``q = p``, ``for row in p``, ``for i, r in enumerate(p)``."""
         source = binding.source
         sources: Sequence[cst.BaseExpression] = (source,)
@@ -218,7 +236,8 @@ class _Finder:
         elif isinstance(source, cst.BooleanOperation):
             sources = (source.left, source.right)
         for expression in sources:
-            found = self.owner(expression, binding.scope, function, seen)
+            found = self.owner(expression, binding.scope, function, seen,
+                               inside or binding.element)
             if found is not None:
                 return found
         return None
@@ -235,7 +254,7 @@ class _Body(cst.CSTVisitor):
         self.finder = finder
         self.scopes = finder.scopes
         self.definition = definition
-        self.name = definition.node.name.value
+        self.name = _qualname(definition)
         self.function = definition.body_scope or self.scopes.module
         self.stack: list[Scope] = [self.function]
         self.found: list[tuple[cst.CSTNode, str, str, str, Optional[str]]] = []
@@ -272,8 +291,8 @@ class _Body(cst.CSTVisitor):
 
     # ---- writes
 
-    def _write(self, node: cst.CSTNode, target: cst.BaseExpression) -> None:
-        owner = self.finder.owner(target, self.scope, self.function)
+    def _write(self, node: cst.CSTNode, container: cst.BaseExpression) -> None:
+        owner = self.finder.owner(container, self.scope, self.function)
         if owner is not None:
             self._report(node, owner, f"`{self.text(node)}`", None)
 
@@ -308,7 +327,7 @@ class _Body(cst.CSTVisitor):
         elif isinstance(target, cst.StarredElement):
             self._targets(node, target.value)
         elif isinstance(target, (cst.Attribute, cst.Subscript)):
-            self._write(node, target)
+            self._write(node, target.value)
         elif isinstance(target, cst.Name):
             self._rebinding(node, target.value)
 
@@ -359,9 +378,17 @@ class _Body(cst.CSTVisitor):
                 if owner is not None:
                     self._report(node, owner, f"`{self.text(node)}`", None)
                     return
-        module, attr = self._imported(func)
+        module, attr = self._imported(func, self.scope)
         if module is not None and attr is not None:
             self._module_call(node, module, attr)
+            return
+        shared = self._shared_generator(func)
+        if shared is not None:
+            self.found.append((node, "random", f"`{self.text(func)}()` draws from `{shared}`, a "
+                               f"generator made at module level and shared by every call, "
+                               f"whose draws depend on the order of calls",
+                               "pass a seed per call and make the generator inside the call "
+                               "(`random.Random(seed)`)", None))
             return
         for callee in self._callees(func):
             self._inherit(node, callee)
@@ -373,7 +400,21 @@ class _Body(cst.CSTVisitor):
         bindings = self.scopes.lookup(self.scope, func.value.value)[1]
         return bool(bindings) and all(isinstance(b, ModuleImport) for b in bindings)
 
-    def _imported(self, func: cst.BaseExpression) -> tuple[Optional[str], Optional[str]]:
+    def _shared_generator(self, func: cst.BaseExpression) -> Optional[str]:
+        """``RNG`` when ``func`` is ``RNG.method`` and ``RNG = random.Random(...)`` (or a
+        numpy generator) at module level."""
+        if not (isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name)):
+            return None
+        found_in, bindings = self.scopes.lookup(self.scope, func.value.value)
+        if found_in is not self.scopes.module:
+            return None
+        for binding in bindings:
+            if isinstance(binding, Local) and isinstance(binding.source, cst.Call):
+                if self._imported(binding.source.func, binding.scope) in _GENERATORS:
+                    return func.value.value
+        return None
+
+    def _imported(self, func: cst.BaseExpression, scope: Scope) -> tuple[Optional[str], Optional[str]]:
         """(module, function) when ``func`` is a function of an imported module."""
         parts: list[str] = []
         node = func
@@ -383,7 +424,7 @@ class _Body(cst.CSTVisitor):
         if not isinstance(node, cst.Name):
             return None, None
         parts.reverse()
-        bindings = self.scopes.lookup(self.scope, node.value)[1]
+        bindings = self.scopes.lookup(scope, node.value)[1]
         if len(bindings) != 1:
             return None, None
         binding = bindings[0]

@@ -518,12 +518,14 @@ class Def(Binding):
 
 
 class Param(Binding):
-    """A parameter of a function or lambda (not a method's first one)."""
+    """A parameter of a function or lambda (not a method's first one); ``packed`` for
+    ``*args`` and ``**kwargs``, whose tuple and dict are made anew for each call."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "packed")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, packed: bool = False) -> None:
         self.name = name
+        self.packed = packed
 
 
 class Local(Binding):
@@ -579,12 +581,13 @@ class SelfParam(Binding):
 class Scope:
     """The bindings of one module, class, function, lambda or comprehension scope."""
 
-    __slots__ = ("kind", "parent", "bindings", "globals", "nonlocals", "stars", "fork_names",
-                 "is_generator")
+    __slots__ = ("kind", "parent", "name", "bindings", "globals", "nonlocals", "stars",
+                 "fork_names", "is_generator")
 
-    def __init__(self, kind: str, parent: Optional[Scope]) -> None:
+    def __init__(self, kind: str, parent: Optional[Scope], name: str = "") -> None:
         self.kind = kind              # module, class, function, lambda, comp
         self.parent = parent
+        self.name = name              # of the class or function
         self.bindings: dict[str, list[Binding]] = {}
         self.globals: set[str] = set()
         self.nonlocals: set[str] = set()
@@ -619,7 +622,8 @@ class Scopes:
 
     def open(self, kind: str, parent: Scope, node: cst.CSTNode) -> Scope:
         """A new scope of ``kind`` inside ``parent``, opened by ``node``."""
-        scope = Scope(kind, parent)
+        name = getattr(node, "name", None)
+        scope = Scope(kind, parent, name.value if isinstance(name, _cst.Name) else "")
         self._by_node[id(node)] = scope
         return scope
 
@@ -847,6 +851,11 @@ def _params(params: cst.Parameters) -> list[cst.Param]:
     return out
 
 
+def _packed(params: cst.Parameters) -> tuple[cst.Param, ...]:
+    star = params.star_arg
+    return tuple(p for p in (star, params.star_kwarg) if isinstance(p, _cst.Param))
+
+
 # ------------------------------------------------------------------------- the walk
 
 
@@ -985,9 +994,11 @@ class _ScopeWalker:
             positional = [*node.params.posonly_params, *node.params.params]
             if positional:
                 self_param = positional[0].name.value
+        packed = _packed(node.params)
         for param in _params(node.params):
             name = param.name.value
-            binding: Binding = SelfParam(self.scope) if name == self_param else Param(name)
+            binding: Binding = (SelfParam(self.scope) if name == self_param
+                                else Param(name, param in packed))
             inner.bindings.setdefault(name, []).append(binding)
         self._in_region("function", node.body, inner)
 
@@ -1006,7 +1017,8 @@ class _ScopeWalker:
         self._visit_param_parts(node.params)
         inner = self.scopes.open("lambda", self.scope, node)
         for param in _params(node.params):
-            inner.bindings.setdefault(param.name.value, []).append(Param(param.name.value))
+            inner.bindings.setdefault(param.name.value, []).append(
+                Param(param.name.value, param in _packed(node.params)))
         saved = self.scope
         self.scope = inner
         self.visit(node.body)
