@@ -95,7 +95,8 @@ def _enable_main(frame: types.FrameType) -> None:
     path = getattr(main, "__file__", None)
     data = _read(path) if path else None
     importhook.install()
-    if data is None or os.path.abspath(frame.f_code.co_filename) != os.path.abspath(path):
+    if (data is None or path is None  # (no path: no data either)
+            or os.path.abspath(frame.f_code.co_filename) != os.path.abspath(path)):
         _warn("import autofork.enable: the main code is not read from a file, so it cannot "
               "be rewritten; modules imported from now on are", frame)
         return

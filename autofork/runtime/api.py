@@ -8,12 +8,13 @@ import threading
 from typing import (Any, Awaitable, Callable, Iterable, Iterator, Literal, NamedTuple,
                     Optional, TypeVar, overload)
 
-from . import config, engine, output, stats, worker
+from . import config, engine, output, stats
+from . import lazy  # noqa: F401 - adds the lazy arithmetic operators to ResultProxy
 from .errors import add_note, call_site
 from .executor import Executor
 from .marks import kind_of
 from .proxy import ResultProxy, new_proxy, unwrap
-from .task import DONE, Task, _live
+from .task import DONE, Task, track, untrack
 
 from typing import ParamSpec
 
@@ -51,7 +52,7 @@ def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:  # noqa: 
                         "its values are produced lazily and cannot be forked. Fork a function "
                         "that returns a list instead.")
     kind = kind_of(fn)
-    if kind == "unsafe" or kind == "cpu" and worker.IN_WORKER:
+    if kind == "unsafe" or kind == "cpu" and config.IN_WORKER:
         return fn(*args, **kwargs)
     if not config.enabled():
         return _inline(fn, args, kwargs, kind)
@@ -86,11 +87,11 @@ def start(fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str) -> Task:
     task = Task(fn, args, kwargs, kind, call_site())
     if kind != "async":  # a coroutine's writes go out as they happen, as in asyncio
         task.seq = output.begin()
-    _live.add(task)  # before submit: a task may be done when submit returns
+    track(task)  # before submit: a task may be done when submit returns
     try:
         _executor(kind).submit(task)
     except BaseException:
-        _live.discard(task)  # not started: an argument that cannot be sent, say
+        untrack(task)  # not started: an argument that cannot be sent, say
         if task.seq >= 0:
             output.end(task.seq, None)
         raise

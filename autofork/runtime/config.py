@@ -11,7 +11,12 @@ import sys
 import threading
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["Settings", "settings", "configure", "enabled"]
+__all__ = ["Settings", "settings", "configure", "enabled", "on_change", "IN_WORKER",
+           "enter_worker"]
+
+# True in a process that runs forked calls for another (a worker process, a Dask worker):
+# a CPU-bound fork made there runs inline, so a worker never waits for its own pool.
+IN_WORKER = False
 
 _BACKENDS = ("local", "sequential", "dask")
 _START_METHODS = ("forkserver", "spawn", "fork")
@@ -146,6 +151,12 @@ def configure(
         for listener in list(_listeners):
             listener(old, new)
     return new
+
+
+def enter_worker() -> None:
+    """This process runs forked calls for another one (``IN_WORKER``)."""
+    global IN_WORKER
+    IN_WORKER = True
 
 
 def on_change(listener) -> None:  # type: ignore[no-untyped-def]

@@ -31,7 +31,7 @@ Invariants:
 * The function and arguments are pickled here, with autofork's pickler (cloudpickle
   keeps the real file name of ``__main__`` functions, so remote tracebacks show source
   lines).  Results travel the Dask way.
-* Nested CPU forks inside a Dask task run inline (``worker.IN_WORKER``), as in the local
+* Nested CPU forks inside a Dask task run inline (``config.IN_WORKER``), as in the local
   backend's workers, so a task never waits on the cluster it occupies (no ``secede``
   needed: nothing inside a task blocks on another Dask task).
 """
@@ -53,14 +53,14 @@ from typing import Any, Optional
 
 from distributed import Client, Future
 
-from . import serialize, stats, worker
+from . import config, serialize, stats
 from .dataflow import scan, when_ready
 from .errors import Failure, WorkerCrashed
 from .executor import submit_or_fail
 from .proxy import ResultProxy
 from .task import DONE, Task
 
-__all__ = ["DaskBackend", "DaskConnectionError", "client", "CONNECT_TIMEOUT"]
+__all__ = ["DaskBackend", "DaskConnectionError", "client", "connect", "CONNECT_TIMEOUT"]
 
 log = logging.getLogger("autofork")
 
@@ -141,7 +141,7 @@ def _run(key: str, call: bytes, timed: bool, *inputs: Any) -> Any:
     if _CLIENT_HERE:  # a cluster inside this very process (threads): flag this thread only
         _in_task.active = True
     else:
-        worker.IN_WORKER = True  # nested CPU forks run inline in this worker process
+        config.enter_worker()  # nested CPU forks run inline in this worker process
     try:
         fn, args, kwargs = _CallUnpickler(call, inputs).load()
         if not timed:
@@ -168,7 +168,7 @@ class _CallPickler(pickle.Pickler):
         super().__init__(file, protocol=_PROTOCOL)
         self.backend = backend
         self.futures: list[Future] = []
-        self._slots: dict[str, int] = {}
+        self._slots: dict[Any, int] = {}  # Dask key -> slot
 
     def persistent_id(self, obj: Any) -> Optional[int]:
         kind = type(obj)
@@ -201,7 +201,7 @@ class _CloudCallPickler(_CloudPickler):  # type: ignore[misc,valid-type]
         super().__init__(file, protocol=_PROTOCOL)
         self.backend = backend
         self.futures: list[Future] = []
-        self._slots: dict[str, int] = {}
+        self._slots: dict[Any, int] = {}  # Dask key -> slot
 
     persistent_id = _CallPickler.persistent_id
     _slot = _CallPickler._slot
@@ -251,7 +251,7 @@ class DaskBackend:
                 "AUTOFORK_DASK_ADDRESS, --address).")) from error
         _CLIENT_HERE = True
         self._futures: "weakref.WeakKeyDictionary[Task, Future]" = weakref.WeakKeyDictionary()
-        self._by_key: "weakref.WeakValueDictionary[str, Task]" = weakref.WeakValueDictionary()
+        self._by_key: "weakref.WeakValueDictionary[Any, Task]" = weakref.WeakValueDictionary()
         self._taken_over: set[str] = set()  # failed keys whose failure a dependent re-raised
         self._running: dict[Task, Future] = {}
         self._unwatched: list[tuple[Task, Future]] = []
@@ -319,7 +319,8 @@ class DaskBackend:
             self._unwatched.append((task, future))
             first = len(self._unwatched) == 1
         if first:
-            self.client.loop.add_callback(self._watch_all)
+            loop: Any = self.client.loop  # set while the client is open
+            loop.add_callback(self._watch_all)
 
     def _watch_all(self) -> None:
         with self._lock:
@@ -497,13 +498,28 @@ def client() -> Client:
         [data] = client().scatter([big], broadcast=True)   # a Dask future
         results = [fork(work, data, i) for i in range(100)]  # Dask passes the data along
     """
-    from . import engine
-
-    backend = engine.backend()
-    if not isinstance(backend, DaskBackend):
+    current = config.settings()
+    if current.backend != "dask":
         raise RuntimeError("autofork's backend is not dask; first configure(backend='dask', "
                            "address='tcp://host:8786') or set AUTOFORK_BACKEND=dask")
-    return backend.client
+    return connect(current.address).client
+
+
+_connected: Optional[DaskBackend] = None  # the engine connected last (until it closes)
+_connecting = threading.Lock()
+
+
+def connect(address: Optional[str]) -> DaskBackend:
+    """The open dask engine for the scheduler at ``address``, connected now if there is none.
+
+    ``engine.backend()`` and ``client()`` share it, whichever of them asks first.
+    """
+    global _connected
+    with _connecting:
+        current = _connected
+        if current is None or current._closed or current.address != address:
+            current = _connected = DaskBackend(address)
+        return current
 
 
 def _untimed(task: Task, value: Any) -> Any:
@@ -524,7 +540,7 @@ def _cancel_reason(future: Future) -> str:
 
 
 def _unsendable(task: Task, error: Exception) -> TypeError:
-    from .processes import _unpicklable
+    from .processes import unsendable_argument
     from .serialize import cloud_dumps
 
     try:
@@ -533,4 +549,4 @@ def _unsendable(task: Task, error: Exception) -> TypeError:
         return TypeError(f"fork({task.name}, ...): the function cannot be sent to a Dask "
                          f"worker: {type(error).__name__}: {error}. Mark it @io_bound to run "
                          "it in a thread of this process.")
-    return _unpicklable(task, error)
+    return unsendable_argument(task, error)

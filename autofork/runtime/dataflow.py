@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable
 
 from .executor import submit_or_fail
+from .proxy import ResultProxy
 from .task import DONE, QUEUED, WAITING, Task
 
 __all__ = ["scan", "substitute", "when_ready", "start_when_ready"]
@@ -122,5 +123,3 @@ def _send_values(send: Callable[[Task], None], task: Task) -> None:
     task.args, task.kwargs = substitute(task.args, task.kwargs)
     send(task)
 
-
-from .proxy import ResultProxy  # noqa: E402 - proxy imports this module's users

@@ -63,7 +63,7 @@ def _dask(settings: config.Settings) -> Engine:
         raise ImportError(
             "the dask backend needs the 'distributed' package: "
             "pip install 'autofork[dask]'") from error
-    engine: Engine = module.DaskBackend(settings.address)
+    engine: Engine = module.connect(settings.address)
     return engine
 
 

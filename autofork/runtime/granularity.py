@@ -9,7 +9,7 @@ and decides per call:
   faster than the pool starts or answers), run the next one inline, timed, so the cost
   of a tiny function is known at once instead of after thousands of needless forks;
 * under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; from then on
-  ``implicit.fork`` calls it after one set lookup (``_inline``), for the rest of the run;
+  ``implicit.fork`` calls it after one set lookup (``running_inline``), for the rest of the run;
 * under ``_CHUNK_BELOW`` (2 ms): gather calls into a chunk of about ``_CHUNK_SECONDS`` of
   work, sent to a worker as one task and answered as one message, each call still with
   its own proxy; a chunk goes when it is full, when one of its results is waited for,
@@ -32,7 +32,7 @@ import time
 import types
 from typing import Any, Callable, Optional
 
-from . import config, engine, output, stats, worker
+from . import config, engine, output, stats
 from .api import fork as _fork
 from .api import start
 from .dataflow import scan
@@ -41,9 +41,9 @@ from .executor import Engine, submit_or_fail
 from .marks import kind_of
 from .plain import for_workers
 from .proxy import ResultProxy, new_proxy
-from .task import Chunk, ChunkItem, Task, _live
+from .task import Chunk, ChunkItem, Task, track
 
-__all__ = ["call", "flush_all"]
+__all__ = ["call", "flush_all", "running_inline"]
 
 log = logging.getLogger("autofork")
 
@@ -82,11 +82,12 @@ class _Function:
 _functions: dict[Any, _Function] = {}
 # Functions that run inline, for implicit.fork's hot path: one set lookup, then the call.
 # Once inline, a function stays inline for the run (a resample would cost every call).
-_inline: set[Any] = set()
+# Read-only outside this module (the set is cleared in place, never replaced).
+running_inline: set[Any] = set()
 
 
 def _learn(fn: Callable[..., Any]) -> _Function:
-    eligible = (not worker.IN_WORKER and type(fn) is types.FunctionType
+    eligible = (not config.IN_WORKER and type(fn) is types.FunctionType
                 and kind_of(fn) == "cpu" and config.settings().backend == "local")
     recursive = eligible and fn.__name__ in fn.__code__.co_names
     return _functions.setdefault(fn, _Function(eligible, recursive))
@@ -194,9 +195,9 @@ def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = No
     known.mean = mean
     known.inline = inline
     if inline and not stats.active and fn is not None:
-        _inline.add(fn)  # implicit.fork's hot path; --stats counts them in call() instead
+        running_inline.add(fn)  # implicit.fork's hot path; --stats counts them in call() instead
     elif fn is not None:
-        _inline.discard(fn)
+        running_inline.discard(fn)
     # Calls per chunk (0: not chunked): about _CHUNK_SECONDS of work in each.
     known.size = (0 if inline or mean >= _CHUNK_BELOW or known.recursive
                   else max(2, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(mean, 1e-7)))))
@@ -204,7 +205,7 @@ def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = No
 
 def _forget(old: Any, new: Any) -> None:
     _functions.clear()  # the backend, AUTOFORK or --stats changed: learn again
-    _inline.clear()
+    running_inline.clear()
 
 
 config.on_change(_forget)
@@ -232,7 +233,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
             chunk = known.chunk = Chunk(fn)
             chunk.executor = _flusher
             known.opened = time.monotonic()
-            _live.add(chunk)
+            track(chunk)
             _flusher.watch(fn, known)
         items = chunk.items
         item = ChunkItem(chunk, len(items), args, kwargs, (caller.f_code, caller.f_lineno))

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, Optional
 
-from . import config, engine, stats, worker
+from . import config, engine
 from .errors import add_note
-from .granularity import _inline, call
 from .folds import Folds
+from .granularity import call, running_inline
 from .proxy import ResultProxy, unwrap
 from .settle import settle
 from .task import DONE, Task
@@ -30,7 +30,7 @@ __all__ = ["fork", "Joiner", "unwrap", "settle"]
 
 def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """A rewritten call whose value is used: a lazy proxy, or the value if it ran inline."""
-    if fn in _inline:
+    if fn in running_inline:
         # The hot path of a tiny marked function: a plain call, nothing else.
         return fn(*args, **kwargs) if kwargs else fn(*args)
     return call(fn, args, kwargs)
@@ -62,7 +62,7 @@ class Joiner:
 
     def fork(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Fork a call that is joined at the block's end; returns its proxy (or value)."""
-        if fn in _inline:
+        if fn in running_inline:
             return fn(*args, **kwargs) if kwargs else fn(*args)
         result = call(fn, args, kwargs)
         if type(result) is ResultProxy:
@@ -144,5 +144,5 @@ def _raise_first(failed: list[tuple[int, BaseException]]) -> None:
 
 # Rewritten code imports this module just before it runs: start the workers now, in the
 # background, so that its first forks do not wait for them.
-if config.enabled() and not worker.IN_WORKER:
+if config.enabled() and not config.IN_WORKER:
     engine.prestart()

@@ -60,7 +60,7 @@ from .serialize import Pickler, cloud_dumps, dumps
 from .task import Chunk, Task
 from .worker import SLOT
 
-__all__ = ["ProcessPool"]
+__all__ = ["ProcessPool", "unsendable_argument"]
 
 log = logging.getLogger("autofork")
 
@@ -531,7 +531,7 @@ def _pickle_call(task: Task, args: tuple, blobs: Optional[_Blobs] = None) -> tup
             pickler.dump((args, kwargs))
             return buffer.getvalue(), tuple(keys.values())
     except Exception as error:  # noqa: BLE001
-        raise _unpicklable(task, error) from error
+        raise unsendable_argument(task, error) from error
 
 
 # -- large arguments, sent once per worker ----------------------------------------------
@@ -621,7 +621,9 @@ def _pickle_chunk(chunk: Chunk) -> bytes:
         raise
 
 
-def _unpicklable(task: Task, error: Exception) -> NotSendable:
+def unsendable_argument(task: Task, error: Exception) -> NotSendable:
+    """The error for a call whose arguments do not pickle: it names the first argument
+    that does not, and says what to do (also used by the Dask engine)."""
     named = [(f"argument {i + 1}", value) for i, value in enumerate(task.args)]
     named += [(f"keyword argument {key!r}", value) for key, value in task.kwargs.items()]
     culprit = "an argument"

@@ -6,7 +6,8 @@ Every use of the value (attributes, calls, items, iteration, comparisons, ``hash
 waits for the value and forwards to it.  ``repr`` and ``str`` are the value's own, so a
 list of results prints as it did sequentially.  Arithmetic operators with a pending proxy
 on either side do not wait: they return a new proxy whose value is computed as soon as
-the inputs are ready (``total += fork(f, x)`` in a loop stays parallel).
+the inputs are ready (``total += fork(f, x)`` in a loop stays parallel); those operators
+are added to the class by ``lazy``, which builds on this module (``api`` imports it).
 
 The dunders are generated from a few helpers instead of being typed out one by one;
 ``tests/test_proxy.py`` exercises each of them.
@@ -192,37 +193,4 @@ for _name, _function in _WAITING.items():
 ResultProxy.__call__ = lambda self, *args, **kwargs: _value(self)(  # type: ignore[method-assign]
     *map(unwrap, args), **{key: unwrap(value) for key, value in kwargs.items()})
 
-
-def _lazy(name: str, function: Callable[..., Any], reflected: bool = False) -> None:
-    """An operator that returns a new proxy at once when an operand is still pending."""
-
-    def method(self: Any, *others: Any) -> Any:  # Any: see _value
-        operands = (*others, self) if reflected else (self, *others)
-        return apply(function, operands)
-
-    method.__name__ = method.__qualname__ = name
-    setattr(ResultProxy, name, method)
-
-
-_BINARY: dict[str, Callable[..., Any]] = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul,
-    "truediv": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
-    "pow": pow, "matmul": operator.matmul, "lshift": operator.lshift,
-    "rshift": operator.rshift, "and": operator.and_, "or": operator.or_,
-    "xor": operator.xor, "divmod": divmod,
-}
-for _name, _function in _BINARY.items():
-    _lazy(f"__{_name}__", _function)
-    _lazy(f"__r{_name}__", _function, reflected=True)
-    in_place = getattr(operator, f"i{_name}", None) or getattr(operator, f"i{_name}_", None)
-    if in_place is not None:
-        _lazy(f"__i{_name}__", in_place)
-
-_UNARY: dict[str, Callable[..., Any]] = {"neg": operator.neg, "pos": operator.pos,
-                                       "invert": operator.invert, "abs": abs}
-for _name, _function in _UNARY.items():
-    _lazy(f"__{_name}__", _function)
-
 del _name, _function
-
-from .lazy import apply  # noqa: E402 - lazy builds on this module's new_proxy and unwrap

@@ -26,7 +26,8 @@ from .errors import Failure, Frame
 if TYPE_CHECKING:  # typing only: executor.py builds on this module
     from .executor import Executor
 
-__all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE"]
+__all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE", "track",
+           "untrack", "live_tasks", "unobserved_failures"]
 
 WAITING, QUEUED, RUNNING, DONE = 0, 1, 2, 3
 
@@ -331,6 +332,16 @@ def _schedule(callback: Callable[[Task], None], task: Task) -> None:
                 sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
     finally:
         _local.queue = None
+
+
+def track(task: Task) -> None:
+    """Count ``task`` among the live ones (waited for at exit) until it finishes."""
+    _live.add(task)
+
+
+def untrack(task: Task) -> None:
+    """Stop counting ``task`` (it was never started: its arguments could not be sent)."""
+    _live.discard(task)
 
 
 def live_tasks() -> list[Task]:

@@ -41,10 +41,9 @@ import time
 from typing import Any, Callable, Optional
 
 
-__all__ = ["main", "SLOT", "IN_WORKER"]
+__all__ = ["main", "SLOT"]
 
 SLOT = struct.Struct("qq")  # (started task id, finished task id)
-IN_WORKER = False  # True inside a worker process: CPU forks there run inline
 
 _FLUSH_SECONDS = 0.002
 dumps: Callable[[Any], bytes]  # serialize.dumps, imported by main()
@@ -211,11 +210,12 @@ def _send(conn: Any, results: list) -> None:
 
 def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     """Entry point of a worker process."""
-    global IN_WORKER, dumps, take
+    global dumps, take
+    from . import config
     from .output import capture_in_worker, take
     from .serialize import dumps
 
-    IN_WORKER = True
+    config.enter_worker()  # CPU forks made by the calls run inline
     capture_in_worker()  # what the calls write goes back to their caller, in call order
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
