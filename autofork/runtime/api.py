@@ -5,18 +5,20 @@ from __future__ import annotations
 import contextvars
 import functools
 import threading
-from typing import (Any, Awaitable, Callable, Iterable, Iterator, Literal, NamedTuple,
-                    Optional, TypeVar, overload)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Literal,
+                    NamedTuple, Optional, TypeVar, overload)
 
 from . import config, engine, output, stats
 from . import lazy  # noqa: F401 - adds the lazy arithmetic operators to ResultProxy
 from .errors import add_note, call_site
-from .executor import Executor
 from .marks import kind_of
 from .proxy import ResultProxy, new_proxy, unwrap
 from .task import DONE, Task, track, untrack
 
 from typing import ParamSpec
+
+if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
+    from .executor import Executor
 
 __all__ = ["fork", "evaluate", "evaluate_all", "wait", "as_completed", "scope",
            "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "DoneAndNotDone"]

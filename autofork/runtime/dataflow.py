@@ -102,7 +102,7 @@ def when_ready(task: Task, inputs: list[Task], ready: Callable[[Task], None]) ->
         source.add_done_callback(input_done)
 
 
-def start_when_ready(task: Task, send: Callable[[Task], None]) -> None:
+def start_when_ready(task: Task, send: Callable[..., None]) -> None:
     """``send(task)`` now, or once the pending proxies among its arguments are ready.
 
     Before ``send``, every proxy among the arguments is replaced by its value.  A ``send``
@@ -119,7 +119,7 @@ def start_when_ready(task: Task, send: Callable[[Task], None]) -> None:
     send(task)
 
 
-def _send_values(send: Callable[[Task], None], task: Task) -> None:
+def _send_values(send: Callable[..., None], task: Task) -> None:
     task.args, task.kwargs = substitute(task.args, task.kwargs)
     send(task)
 

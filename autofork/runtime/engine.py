@@ -17,14 +17,16 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _phases
 from . import config, output, stats
 from .aio import EventLoopThread
-from .executor import Engine, Executor
 from .task import live_tasks, unobserved_failures
 from .threads import ThreadPool
+
+if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
+    from .executor import Engine, Executor
 
 __all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt", "prestart",
            "before_finish"]

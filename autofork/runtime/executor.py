@@ -56,7 +56,7 @@ class Engine(Executor, Protocol):
         """The measured mean run time of one call of ``fn``, if known."""
 
 
-def submit_or_fail(submit: Callable[[Task], None], task: Task) -> None:
+def submit_or_fail(submit: Callable[..., None], task: Task) -> None:
     """``submit(task)``, failing the task with what it raises.
 
     For a task submitted from a callback (its inputs became ready, a chunk was flushed):

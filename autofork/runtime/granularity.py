@@ -30,18 +30,21 @@ import threading
 import warnings
 import time
 import types
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import config, engine, output, stats
 from .api import fork as _fork
 from .api import start
 from .dataflow import scan
 from .errors import AutoforkWarning, NotSendable
-from .executor import Engine, submit_or_fail
+from .executor import submit_or_fail
 from .marks import kind_of
 from .plain import for_workers
 from .proxy import ResultProxy, new_proxy
 from .task import Chunk, ChunkItem, Task, track
+
+if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
+    from .executor import Engine
 
 __all__ = ["call", "flush_all", "running_inline"]
 
