@@ -3,7 +3,9 @@ s.py``, real subprocesses) print the same; the forked calls still run elsewhere.
 
 from __future__ import annotations
 
+import pickle
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,92 @@ def test_output_of_forked_calls_comes_in_call_order(tmp_path: Path) -> None:
     assert report["step order"] == report["fetch order"] == "True"
     assert float(report["fetches"]) < 0.8, report
     assert _report(plain.stderr)["step order"] == "False"
+
+
+# -- 4. globals read at call time ----------------------------------------------------------
+
+SETTINGS = """
+    import os, time
+    from autofork import implicit_fork
+
+    FACTOR = 2
+
+    @implicit_fork
+    def factor(x):
+        time.sleep(0.01)
+        return x * FACTOR, os.getpid()
+"""
+
+GLOBALS = """
+    import os, time
+    import settings
+    from autofork import implicit_fork
+
+    SCALE = 1
+    BIG = list(range(100_000))  # read by every call, never rebound
+
+    @implicit_fork
+    def scaled(x):
+        time.sleep(0.01)
+        return x * SCALE + BIG[-1] - 99_999, os.getpid()
+
+    @implicit_fork
+    def short(x):  # about 0.2 ms: its calls travel in chunks
+        end = time.perf_counter() + 0.0002
+        while time.perf_counter() < end:
+            pass
+        return x * SCALE, os.getpid()
+
+    pids = set()
+    def show(results):
+        print([value for value, _ in results])
+        pids.update(pid for _, pid in results)
+
+    show([scaled(i) for i in range(3)])
+    SCALE = 10
+    show([scaled(i) for i in range(3)])
+    show([settings.factor(i) for i in range(3)])
+    settings.FACTOR = 7
+    show([settings.factor(i) for i in range(3)])
+    for scale in (3, 5):
+        SCALE = scale
+        results = [short(i) for i in range(400)]
+        print(sum(value for value, _ in results))
+        pids.update(pid for _, pid in results)
+    print("elsewhere", any(pid != os.getpid() for pid in pids))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_forked_calls_see_globals_as_they_are_when_called(tmp_path: Path) -> None:
+    (tmp_path / "settings.py").write_text(textwrap.dedent(SETTINGS))
+    plain, forked = both(tmp_path, GLOBALS)
+    assert plain.replace("elsewhere False", "elsewhere True") == forked
+    assert forked.splitlines()[:4] == ["[0, 1, 2]", "[0, 10, 20]", "[0, 2, 4]", "[0, 7, 14]"]
+    assert "elsewhere True" in forked
+
+
+BIG = list(range(100_000))
+SCALE = 1
+
+
+def _reads_big_and_scale(x: int) -> int:
+    return x * SCALE + len(BIG)
+
+
+def test_a_large_global_that_never_changes_is_not_sent_again() -> None:
+    global SCALE
+    from autofork.runtime import freshness
+
+    watch = freshness.watch(_reads_big_and_scale)
+    assert watch is not None
+    first = watch.state()
+    assert first == (0, None) and watch.state() is first  # unchanged: nothing to send
+    SCALE = 10
+    try:
+        number, data = watch.state()
+        assert number > 0 and data is not None and len(data) < 200  # SCALE only, not BIG
+        assert pickle.loads(data) == {("", "SCALE"): 10}
+        assert watch.state() == (number, data)
+    finally:
+        SCALE = 1

@@ -66,7 +66,7 @@ class _Function:
     """What autofork knows of one marked function."""
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
-                 "opened", "lock", "warned")
+                 "opened", "lock", "warned", "watch")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -80,8 +80,10 @@ class _Function:
         self.opened = 0.0
         self.lock = threading.Lock()
         self.warned = False  # about a call that could not be sent
+        self.watch: Any = _UNSEEN  # freshness.Watch of the globals it reads, once asked
 
 
+_UNSEEN = object()
 _functions: dict[Any, _Function] = {}
 # Functions that run inline, for implicit.fork's hot path: one set lookup, then the call.
 # Once inline, a function stays inline for the run (a resample would cost every call).
@@ -228,12 +230,18 @@ def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) 
 def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) -> Any:
     caller = sys._getframe(_CALLER)
     with known.lock:
-        chunk = known.chunk
+        state = _globals_state(fn, known)
+        chunk = stale = known.chunk
+        if chunk is not None and chunk.snapshot is not state:
+            chunk = known.chunk = None  # a global it reads was rebound: later calls see it
+        else:
+            stale = None
         if chunk is None:
             latest = engine.backend().mean_seconds(fn)
             if latest is not None:
                 _settle(known, latest, fn)  # what the last chunks measured
             chunk = known.chunk = Chunk(fn)
+            chunk.snapshot = state
             chunk.executor = _flusher
             known.opened = time.monotonic()
             track(chunk)
@@ -247,9 +255,19 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
         full = len(items) >= known.size
         if full:
             known.chunk = None
+    if stale is not None:
+        _send(stale)
     if full:
         _send(chunk)
     return new_proxy(item)  # type: ignore[arg-type]
+
+
+def _globals_state(fn: Callable[..., Any], known: _Function) -> Optional[tuple]:
+    """The state of the globals ``fn`` reads, now (see freshness); None: it reads none."""
+    watch = known.watch
+    if watch is _UNSEEN:
+        watch = known.watch = engine.backend().watch_of(fn)  # type: ignore[attr-defined]
+    return None if watch is None else watch.state_for(fn.__qualname__)
 
 
 def _send(chunk: Task) -> None:

@@ -93,6 +93,10 @@ class _Log:
         self._drain()
 
     def write(self, stream: Any, text: str) -> int:
+        # autofork's own threads (the dispatcher's traceback, say) write at once: behind
+        # a fork that never ends, their text would never be seen.
+        if threading.current_thread().name.startswith("autofork-"):
+            return stream.write(text)
         with self.lock:
             if self.emitter != threading.get_ident():
                 if not self.quiet:
@@ -245,8 +249,16 @@ def _emit(batch: list, log: _Log) -> None:
                 _handle(payload)
             elif kind == _WARN:
                 _warn(*payload)
+        except Warning as error:  # a filter the program set to "error" after the call began
+            _write_stderr(log, warnings.formatwarning(str(error), type(error), *payload[2:]))
         except Exception:  # noqa: BLE001 - a closed stream, a failing handler: go on
             pass
+
+
+def _write_stderr(log: _Log, text: str) -> None:
+    stream = getattr(log.err, "_stream", log.err)
+    if stream is not None:
+        stream.write(text)
 
 
 def _handle(fields: dict) -> None:
@@ -315,6 +327,9 @@ class _Records(logging.Handler):
         _captured.append((_LOG, fields))
 
 
+_ALWAYS = {"default": "always", "module": "always", "once": "always"}
+
+
 def _show_warning(message: Any, category: type, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
     _captured.append((_WARN, (str(message), category, filename, lineno)))
@@ -329,7 +344,12 @@ def capture_in_worker() -> None:
     root = logging.getLogger()
     root.handlers[:] = [_Records()]
     root.setLevel(1)  # every record goes: the caller's levels decide
-    warnings.simplefilter("always")  # every warning goes: the caller's filters decide
+    # Every warning shown goes (the caller's filters and registries decide whether it is
+    # shown there); "error" and "ignore" from the program's -W options stay as they are.
+    warnings.filters[:] = [(_ALWAYS.get(action, action), *rest)
+                           for action, *rest in warnings.filters]  # type: ignore[misc]
+    warnings.defaultaction = _ALWAYS.get(warnings.defaultaction, warnings.defaultaction)  # type: ignore[assignment]
+    getattr(warnings, "_filters_mutated", lambda: None)()  # the C module caches them
     warnings.showwarning = _show_warning
 
 

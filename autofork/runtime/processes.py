@@ -53,7 +53,9 @@ from typing import Any, Callable, Optional
 
 from .. import _phases
 from . import stats
+from . import freshness
 from .errors import Failure, NotSendable, WorkerCrashed
+from .freshness import Watch
 from .dataflow import start_when_ready
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
@@ -80,7 +82,8 @@ class _Worker:
         code = ("import sys; from autofork.runtime.worker import main; "
                 f"main({child_end}, {shm_fd}, {os.getpid()}, sys.argv[1:])")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", code, *path],
+            # -W: the program's warning options hold in the workers too ("error" raises there)
+            [sys.executable, *(f"-W{option}" for option in sys.warnoptions), "-c", code, *path],
             pass_fds=(child_end, shm_fd), close_fds=True,
             # Its own session: a terminal's Ctrl-C (sent to the foreground process group)
             # reaches only this process, which then kills the workers.  (No preexec_fn:
@@ -95,6 +98,7 @@ class _Worker:
         self.answered: dict[int, tuple[Task, int]] = {}  # answered, being completed
         self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
         self.known: set[int] = set()  # keys of the functions this worker has
+        self.states: dict[int, int] = {}  # key -> state of that function's globals here
 
     def progress(self) -> tuple[int, int]:
         """(id of the call begun last, id of the call finished last), -1 for none."""
@@ -102,7 +106,7 @@ class _Worker:
 
     def held_done(self, task_id: int) -> None:
         """The worker answered ``task_id``: move it from the held calls to ``answered``."""
-        task, key, _, _ = self.held.pop(task_id)
+        task, key = self.held.pop(task_id)[:2]
         self.answered[task_id] = (task, key)
         self.batches[0] -= 1
         if self.batches[0] == 0:
@@ -150,7 +154,7 @@ class _FunctionCache:
     """
 
     def __init__(self) -> None:
-        self._by_id: dict[int, tuple[int, bytes, Any]] = {}
+        self._by_id: dict[int, tuple[int, bytes, Any, Optional[Watch]]] = {}
         self._by_bytes: dict[bytes, int] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
@@ -159,10 +163,12 @@ class _FunctionCache:
         entry = self._by_id.get(id(fn))
         return entry[0] if entry is not None and entry[2]() is fn else None
 
-    def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+    def get(self, fn: Callable[..., Any]) -> tuple[int, bytes, Optional[Watch]]:
+        """(key, pickled function, the watch of the globals it reads)."""
         entry = self._by_id.get(id(fn))
         if entry is not None and entry[2]() is fn:
-            return entry[0], entry[1]
+            return entry[0], entry[1], entry[3]
+        watch = freshness.watch(fn)  # the values pickled below are its state 0
         data = cloud_dumps(for_workers(fn))
         fn_id = id(fn)
         with self._lock:
@@ -173,8 +179,8 @@ class _FunctionCache:
                 ref: Any = weakref.ref(fn, lambda _: self._by_id.pop(fn_id, None))
             except TypeError:  # builtins take no weak references: keep them alive
                 ref = (lambda kept: (lambda: kept))(fn)
-            self._by_id[fn_id] = (key, data, ref)
-        return key, data
+            self._by_id[fn_id] = (key, data, ref, watch)
+        return key, data, watch
 
 
 def _split_method(task: Task) -> tuple[Callable[..., Any], tuple]:
@@ -223,26 +229,35 @@ class ProcessPool:
             raise RuntimeError("autofork's process pool is closed (its workers could not start, "
                                "or the program is exiting)")
         fn, args = _split_method(task)
-        try:
-            key, data = self._functions.get(fn)
-        except Exception as error:  # noqa: BLE001
-            raise NotSendable(f"fork({task.name}, ...): the function cannot be sent to a worker "
-                            f"process: {type(error).__name__}: {error}. Mark it @io_bound to "
-                            "run it in a thread of this process.") from error
+        key, data, watch = self._function(task, fn)
         self._data[key] = data
         if type(task) is Chunk:
-            call, blobs = _pickle_chunk(task), ()
+            call, blobs, state = _pickle_chunk(task), (), task.snapshot
         else:
             call, blobs = _pickle_call(task, args, self._blobs)
+            state = None if watch is None else watch.state_for(task.name)
         task.executor = self
         if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
             self._wait_for_room()
-        self._queue.append((task, key, call, blobs))
+        self._queue.append((task, key, call, blobs, state))
         if self._thread is None:
             self.start()
         if self._sleeping and not self._send_direct():
             self._sleeping = False
             os.write(self._wake_w, b"\0")
+
+    def _function(self, task: Task, fn: Callable[..., Any]) -> tuple[int, bytes, Optional[Watch]]:
+        try:
+            return self._functions.get(fn)
+        except Exception as error:  # noqa: BLE001
+            raise NotSendable(f"fork({task.name}, ...): the function cannot be sent to a worker "
+                              f"process: {type(error).__name__}: {error}. Mark it @io_bound to "
+                              "run it in a thread of this process.") from error
+
+    def watch_of(self, fn: Callable[..., Any]) -> Optional[Watch]:
+        """The watch of the globals that ``fn`` reads (see ``freshness``); raises
+        NotSendable if ``fn`` cannot be pickled."""
+        return self._function(Task(fn, (), {}, "cpu"), fn)[2]
 
     def _send_direct(self) -> bool:
         """While the dispatcher sleeps, hand the queue to an idle worker from this thread.
@@ -379,13 +394,12 @@ class ProcessPool:
         size = self._batch_size()
         while self._queue and len(batch) < size:
             entry = self._queue.popleft()
-            task, key, call, blobs = entry
+            task, key, call, blobs, state = entry
             if not task.claim():
                 continue  # a waiting thread took it
-            batch.append((id(task), key, None if key in worker.known else self._data[key], call,
-                          type(task) is Chunk, self._blobs.missing(worker.blobs, blobs),
-                          bool(blobs)))
-            worker.known.add(key)
+            fn_bytes, update = _function_and_globals(worker, key, state, self._data)
+            batch.append((id(task), key, fn_bytes, call, type(task) is Chunk,
+                          self._blobs.missing(worker.blobs, blobs), bool(blobs), update))
             worker.held[id(task)] = entry
         if not batch:
             return False
@@ -501,6 +515,23 @@ class ProcessPool:
             if task.claim():
                 task.set_failure(_crash_failure(task, "not started", "autofork was shutting down"))
         self._queue.clear()
+
+
+def _function_and_globals(worker: _Worker, key: int, state: Optional[tuple[int, Optional[bytes]]],
+                          functions: dict[int, bytes]) -> tuple[Optional[bytes], Optional[bytes]]:
+    """What a worker needs besides the call: the function's bytes if it lacks them (or
+    must start again from them), and the globals rebound since, if its state differs."""
+    number, update = state or (0, None)
+    if key not in worker.known:
+        worker.known.add(key)
+        worker.states[key] = number
+        return functions[key], update
+    if worker.states.get(key, 0) == number:
+        return None, None
+    worker.states[key] = number
+    if number == 0:
+        return functions[key], None  # the state it was pickled with: load it afresh
+    return None, update
 
 
 def _describe_exit(code: int) -> str:

@@ -6,7 +6,7 @@ interpreter: the user's script is never re-run, and no thread of the parent is f
 Protocol, one pickled list per message over a ``multiprocessing.connection.Connection``:
 
     parent -> worker   (forget, [(task_id, fn_key, fn_bytes or None, call_bytes, many,
-                                 new_blobs, refs), ...]) | None (stop)
+                                 new_blobs, refs, globals_update or None), ...]) | None (stop)
     worker -> parent   [(task_id, ok, outcome_bytes, begin, end, output), ...]
 
 ``call_bytes`` is one pickled ``(args, kwargs)``, or with ``many`` a list of them (a chunk
@@ -17,7 +17,8 @@ A large immutable argument travels once per worker as a blob (``new_blobs``: key
 a call that ``refs`` blobs names them by key; ``forget`` lists keys the worker may drop.
 
 ``fn_bytes`` is sent once per function and worker; afterwards ``fn_key`` finds it in the
-worker's cache.  Before each call the worker writes the task id into shared memory
+worker's cache.  ``globals_update`` holds the globals the caller rebound since it pickled
+the function, when this worker's copy has not seen them yet (``freshness``).  Before each call the worker writes the task id into shared memory
 (``started``) and after it (``finished``): if the worker dies, the parent knows which call
 it was running, which it finished without reporting, and which it never began.
 
@@ -29,6 +30,7 @@ end of its connection) it runs its ``atexit`` handlers, flushes its output and e
 
 from __future__ import annotations
 
+import importlib
 import io
 import mmap
 import os
@@ -176,14 +178,16 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
             blobs.pop(key, None)
         results = []
         flushed = time.perf_counter()
-        for task_id, fn_key, fn_bytes, call, many, new_blobs, refs in batch:
+        for task_id, fn_key, fn_bytes, call, many, new_blobs, refs, update in batch:
             for key, data in new_blobs or ():
                 blobs[key] = pickle.loads(data)
             started = task_id
             SLOT.pack_into(slot, 0, started, finished)
-            fn = functions.get(fn_key)
-            if fn is None:  # the parent sends a function's bytes with its first call here
-                fn = functions[fn_key] = _load_function(fn_bytes)
+            if fn_bytes is not None:  # with its first call here, or to start afresh
+                functions[fn_key] = _load_function(fn_bytes)
+            fn = functions[fn_key]
+            if update is not None:
+                _apply_globals(fn, update)
             begin = time.perf_counter()
             if many:
                 outputs: list = []
@@ -202,6 +206,27 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
                 flushed = end
         if results:
             _send(conn, results)
+
+
+def _apply_globals(fn: Callable[..., Any], update: bytes) -> None:
+    """Rebind the globals the caller rebound since it pickled ``fn`` (see freshness)."""
+    try:
+        rebound = pickle.loads(update)
+    except BaseException:  # noqa: BLE001 - the call then fails as the function would
+        return
+    namespace = getattr(fn, "__globals__", None)
+    for (owner, name), value in rebound.items():
+        if not owner:
+            if namespace is not None:
+                namespace[name] = value
+            continue
+        module = sys.modules.get(owner)
+        if module is None:
+            try:
+                module = importlib.import_module(owner)
+            except BaseException:  # noqa: BLE001
+                continue
+        setattr(module, name, value)
 
 
 def _send(conn: Any, results: list) -> None:
