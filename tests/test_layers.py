@@ -5,7 +5,7 @@ module's private names.
 The layers, bottom up (docs/architecture.md tells what each one does)::
 
     0  errors serialize marks config stats plain   no autofork imports but each other
-       output notices
+       output notices freshness
     1  task executor                               the future, and what runs it
     2  proxy dataflow lazy settle                  values that are not there yet
     3  processes worker threads aio dask_backend   the pools and engines (and folds, the
@@ -27,7 +27,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "autofork"
 
 LAYERS = [
-    {"errors", "serialize", "marks", "config", "stats", "plain", "output", "notices"},
+    {"errors", "serialize", "marks", "config", "stats", "plain", "output", "notices",
+     "freshness"},
     {"task", "executor"},
     {"proxy", "dataflow", "lazy", "settle"},
     {"processes", "worker", "threads", "aio", "dask_backend", "folds"},
