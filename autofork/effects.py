@@ -1,4 +1,4 @@
-"""Effects a caller could see (SPEC section 4b): which marked functions must stay plain.
+"""Effects a caller could see: which marked functions must stay plain calls when rewritten.
 
 A call that runs in another process cannot change the caller's objects, and calls in
 threads change them in another order.  So the rewriter reads each marked function, and

@@ -1,4 +1,4 @@
-"""Source-to-source rewriting of calls to marked functions (SPEC section 4).
+"""Source-to-source rewriting of calls to marked functions into forks and joins.
 
 A call is rewritten when its callee resolves *statically* to a function marked
 ``@implicit_fork`` / ``@cpu_bound_fork`` / ``@io_bound_fork``::
@@ -425,7 +425,7 @@ def _needs_rewrite_tree(tree: ast.Module, has_marks: bool, module_name: str,
 
 
 def needs_rewrite(source: str, module_name: str, resolver: Resolver, package: Optional[str] = None) -> bool:
-    """The cheap test of SPEC 4: may ``rewrite`` change this module at all?
+    """The cheap test, before any parse: may ``rewrite`` change this module at all?
 
     False when the text marks nothing and no import brings in a marked function;
     the resolver is asked only about modules the source imports.  No libcst parse.
@@ -1628,7 +1628,7 @@ def _generator_warnings(scopes: Scopes, source: str) -> list[tuple[str, int, str
 
 def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional[str] = None,
             *, filename: Optional[str] = None) -> str:
-    """The rewritten source of a module (SPEC section 4).
+    """The rewritten source of a module: its calls of marked functions made forks.
 
     ``source`` itself (the same ``str`` object) when ``needs_rewrite`` is False or when
     nothing resolves to a marked function.  ``package`` resolves relative imports (the

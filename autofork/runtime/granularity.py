@@ -104,8 +104,9 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     A call that cannot be sent to a worker (an open file, a lock among its arguments)
     runs here, as it did before the rewrite, with one AutoforkWarning per function: the
     rewriter made the fork, not the user, so it must not make the program fail.
-    A call given an iterator runs here too (SPEC 4b): a copy consumed in a worker would
-    leave the caller's iterator where it was.
+    A call given an iterator runs here too (a rewritten program must see what the
+    sequential one saw): a copy consumed in a worker would leave the caller's iterator
+    where it was.
     """
     if _takes_iterator(args, kwargs):
         return fn(*args, **kwargs)

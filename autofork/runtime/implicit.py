@@ -23,7 +23,7 @@ from .folds import Folds
 from .granularity import call, running_inline
 from .proxy import ResultProxy, unwrap
 from .settle import settle
-from .task import DONE, Task
+from .task import DONE
 
 __all__ = ["fork", "Joiner", "unwrap", "settle"]
 

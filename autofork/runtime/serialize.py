@@ -23,6 +23,8 @@ _MAIN = b"__main__"
 
 
 def _code_reduce(code: types.CodeType) -> Any:
+    # cloudpickle's own reducer, a private function (there in 3.0 to 3.1; pyproject.toml
+    # asks for cloudpickle>=3.0,<4 for it): its result, with the real file name put back.
     reduced = cloudpickle.cloudpickle._code_reduce(code)
     constructor, args = reduced[0], reduced[1]
     args = tuple(code.co_filename if arg == _RENAMED else arg for arg in args)

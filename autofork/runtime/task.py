@@ -145,9 +145,6 @@ class Task:
 
     # -- waiting -----------------------------------------------------------------------
 
-    def done(self) -> bool:
-        return self.state == DONE
-
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait until done; run the task here if it is still queued.  False on timeout."""
         if self.state == DONE:
@@ -271,9 +268,6 @@ class ChunkItem:
     @property
     def executor(self) -> Optional[Executor]:
         return self.chunk.executor
-
-    def done(self) -> bool:
-        return self.chunk.state == DONE
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         return self.chunk.wait(timeout)

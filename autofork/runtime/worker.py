@@ -1,7 +1,9 @@
 """The worker process: receives batches of calls, runs them, sends back the outcomes.
 
-Started by ``processes.ProcessPool`` as ``python -c "...worker.main(fd, shm_fd)"`` (a fresh
-interpreter: the user's script is never re-run, and no thread of the parent is forked).
+Started by ``processes.ProcessPool`` as ``python -c "...worker.main(fd, shm_fd, parent,
+sys.argv[1:])" *sys.path``: the connection's and the shared memory's file descriptors,
+the parent's pid (the worker dies with it) and the parent's ``sys.path``.  A fresh
+interpreter: the user's script is never re-run, and no thread of the parent is forked.
 
 Protocol, one pickled list per message over a ``multiprocessing.connection.Connection``:
 
