@@ -282,3 +282,50 @@ def test_a_large_global_that_never_changes_is_not_sent_again() -> None:
         assert watch.state() == (number, data)
     finally:
         SCALE = 1
+
+
+# -- 5. an argument changed in a worker is reported ----------------------------------------
+
+CHANGED = """
+    import time
+    from autofork import implicit_fork
+
+    class Bag:
+        def __init__(self):
+            self.items = []
+        def put(self, x):
+            self.items.append(x)
+
+    def stash(container, x):
+        container.put(x)  # a method of a type the rewriter cannot know
+
+    @implicit_fork
+    def fill(bag, x, *, note=None):
+        time.sleep(0.02)
+        stash(bag, x)
+        return x
+
+    @implicit_fork
+    def total(numbers, scale, *, bag=None):
+        time.sleep(0.02)
+        return sum(numbers) * scale + len(bag.items)
+
+    for _ in range(100):  # until the workers are up, so that no call runs in the caller
+        bag = Bag()
+        if fill(bag, 0) == 0 and not bag.items:
+            break
+    bag = Bag()
+    print([fill(bag, i) for i in range(3)], [fill(x=i, bag=bag) for i in range(3)])
+    print([total([1, 2], i, bag=bag) for i in range(3)])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_argument_changed_in_a_worker_is_reported_once(tmp_path: Path) -> None:
+    forked = run_script(tmp_path, CHANGED, module=True, env={"AUTOFORK_WORKERS": "2"})
+    assert forked.returncode == 0, forked.stderr
+    assert forked.stdout == "[0, 1, 2] [0, 1, 2]\n[0, 3, 6]\n"  # the bag stayed empty here
+    assert forked.stderr.count("AutoforkWarning") == 1, forked.stderr
+    assert ("fill() changed its argument 'bag' (Bag) in a worker process, where it was a "
+            "copy") in forked.stderr
+    assert "total()" not in forked.stderr  # its arguments came back as they went

@@ -52,10 +52,12 @@ import threading
 import warnings
 from typing import Any, Callable, Optional
 
-__all__ = ["begin", "end", "flush", "run_captured", "capture_in_worker", "take"]
+__all__ = ["begin", "end", "flush", "run_captured", "capture_in_worker", "take",
+           "note_changed"]
 
 # Kinds of captured entries: (kind, payload).
 _OUT, _ERR, _LOG, _WARN, _TEXT = 1, 2, 3, 4, 0  # _TEXT: (stream, text) the caller wrote
+_CHANGED = 5  # a call changed arguments in a worker: (function, file, line, [(label, type)])
 
 _capture: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
     "autofork_capture", default=None)
@@ -249,6 +251,8 @@ def _emit(batch: list, log: _Log) -> None:
                 _handle(payload)
             elif kind == _WARN:
                 _warn(*payload)
+            elif kind == _CHANGED:
+                _warn_changed(*payload)
         except Warning as error:  # a filter the program set to "error" after the call began
             _write_stderr(log, warnings.formatwarning(str(error), type(error), *payload[2:]))
         except Exception:  # noqa: BLE001 - a closed stream, a failing handler: go on
@@ -279,6 +283,30 @@ def _warn(message: str, category: type, filename: str, lineno: int) -> None:
                                module.__dict__)
     else:
         warnings.warn_explicit(message, category, filename, lineno)
+
+
+_warned_changed: set[tuple[str, str]] = set()
+
+
+def _warn_changed(name: str, filename: str, lineno: int, changed: list) -> None:
+    """Once per function: a call changed its arguments in a worker, where they were copies."""
+    if (name, filename) in _warned_changed:
+        return
+    _warned_changed.add((name, filename))
+    from .errors import AutoforkWarning
+
+    what = ", ".join(f"{_label(label)} ({kind})" for label, kind in changed)
+    warnings.warn_explicit(AutoforkWarning(
+        f"{name}() changed {what} in a worker process, where it was a copy: the caller's "
+        f"object stays as it was, unlike in the sequential program. Return the new value "
+        f"instead (or mark {name} @io_bound: threads share the caller's objects)"),
+        AutoforkWarning, filename, lineno)
+
+
+def _label(label: Any) -> str:
+    if isinstance(label, int):
+        return f"its argument {label + 1}"
+    return f"its argument {label!r}"
 
 
 def _module_of(filename: str) -> Any:
@@ -351,6 +379,18 @@ def capture_in_worker() -> None:
     warnings.defaultaction = _ALWAYS.get(warnings.defaultaction, warnings.defaultaction)  # type: ignore[assignment]
     getattr(warnings, "_filters_mutated", lambda: None)()  # the C module caches them
     warnings.showwarning = _show_warning
+
+
+def note_changed(fn: Callable[..., Any], changed: list) -> None:
+    """In a worker: the call of ``fn`` that just ran changed these arguments
+    ([(position or keyword, type name)]); its caller warns, in call order."""
+    code = getattr(fn, "__code__", None)
+    names = code.co_varnames[:code.co_argcount] if code is not None else ()
+    named = [(names[label] if isinstance(label, int) and label < len(names) else label, kind)
+             for label, kind in changed]
+    _captured.append((_CHANGED, (getattr(fn, "__qualname__", repr(fn)),
+                                 getattr(code, "co_filename", "<unknown>"),
+                                 getattr(code, "co_firstlineno", 0), named)))
 
 
 def take() -> Optional[list]:
