@@ -48,12 +48,13 @@ effects do not make its callers plain.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import libcst as cst
 
-from autofork.transformer import (Def, FromImport, Local, ModuleImport, Param, Scope,
+from autofork.transformer import (Def, child_nodes, FromImport, Local, ModuleImport, Param, Scope,
                                   Scopes, SelfParam, ast_defs)
 
 __all__ = ["Effect", "find_effects", "MUTATING_METHODS"]
@@ -86,6 +87,10 @@ _NUMPY_OWN = frozenset({
 # Calls that make a generator: one made at module level is shared by every call.
 _GENERATORS = frozenset({("random", "Random"), ("numpy.random", "default_rng"),
                          ("numpy.random", "RandomState"), ("numpy.random", "Generator")})
+_DEF_LINE = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)", re.MULTILINE)
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_SCOPE_NODES = frozenset({cst.FunctionDef, cst.Lambda, cst.ClassDef, cst.ListComp, cst.SetComp,
+                          cst.GeneratorExp, cst.DictComp})
 _VERBS = {"append": "appending to", "extend": "extending", "insert": "inserting into",
           "add": "adding to", "update": "updating", "setdefault": "updating",
           "appendleft": "appending to", "extendleft": "extending"}
@@ -246,11 +251,10 @@ class _Finder:
 # ---------------------------------------------------------------------- one function
 
 
-class _Body(cst.CSTVisitor):
+class _Body:
     """Reads one def's body (nested lambdas, comprehensions and defs included)."""
 
     def __init__(self, finder: _Finder, definition: Def) -> None:
-        super().__init__()
         self.finder = finder
         self.scopes = finder.scopes
         self.definition = definition
@@ -259,9 +263,14 @@ class _Body(cst.CSTVisitor):
         self.stack: list[Scope] = [self.function]
         self.found: list[tuple[cst.CSTNode, str, str, str, Optional[str]]] = []
         self.inherited: list[Effect] = []
+        self.handlers: dict[type, Callable[[Any], None]] = {
+            cst.Assign: self.visit_Assign, cst.AugAssign: self.visit_AugAssign,
+            cst.AnnAssign: self.visit_AnnAssign, cst.Del: self.visit_Del, cst.For: self.visit_For,
+            cst.NamedExpr: self.visit_NamedExpr, cst.Call: self.visit_Call,
+        }
 
     def effects(self) -> list[Effect]:
-        self.definition.node.body.visit(self)
+        self.walk(self.definition.node.body)
         lines = self.finder.lines()
         out = [Effect(self.name, lines.of(self.definition, node), kind, what, fix, param)
                for node, kind, what, fix, param in self.found]
@@ -269,15 +278,16 @@ class _Body(cst.CSTVisitor):
 
     # ---- scopes
 
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        scope = self.scopes.scope_of(node)
+    def walk(self, node: cst.CSTNode) -> None:
+        scope = self.scopes.scope_of(node) if type(node) in _SCOPE_NODES else None
         if scope is not None:
             self.stack.append(scope)
-        return super().on_visit(node)
-
-    def on_leave(self, original_node: cst.CSTNode) -> None:
-        super().on_leave(original_node)
-        if self.scopes.scope_of(original_node) is not None:
+        handler = self.handlers.get(type(node))
+        if handler is not None:
+            handler(node)
+        for child in child_nodes(node):
+            self.walk(child)
+        if scope is not None:
             self.stack.pop()
 
     @property
@@ -526,24 +536,28 @@ class _Body(cst.CSTVisitor):
 
 
 class _Lines:
-    """The line of a node inside a def: the def's lines come from ``ast`` (in the same
-    order as ``Scopes.defs``), the node's from its first text line inside them."""
+    """The line of a node inside a def: the def's first line is the ``def`` keyword's line
+    (the defs of ``Scopes.defs`` come in the order of the text: a regular expression finds
+    them, or ``ast`` when a string holds such a line), the node's the first line after it
+    that holds the node's first text line."""
 
     def __init__(self, module: cst.Module, scopes: Scopes, source: str) -> None:
         self.module = module
-        self.lines = source.splitlines()
-        defs = ast_defs(ast.parse(source).body)
-        self.ranges: dict[int, tuple[int, int]] = {}
-        if len(defs) == len(scopes.defs):
-            for definition, node in zip(scopes.defs, defs):
-                if definition.node.name.value == node.name:
-                    self.ranges[id(definition)] = (node.lineno, node.end_lineno or node.lineno)
+        self.lines = _NEWLINE.split(source)
+        names = [d.node.name.value for d in scopes.defs]
+        found = [(m.group(1), source.count("\n", 0, m.start()) + 1)
+                 for m in _DEF_LINE.finditer(source)]
+        if [name for name, _ in found] != names or "\r" in source:
+            found = [(d.name, d.lineno) for d in ast_defs(ast.parse(source).body)]
+        self.starts: dict[int, int] = {}
+        if [name for name, _ in found] == names:
+            self.starts = {id(d): line for d, (_, line) in zip(scopes.defs, found)}
 
     def of(self, definition: Def, node: cst.CSTNode) -> int:
-        start, end = self.ranges.get(id(definition), (1, len(self.lines)))
+        start = self.starts.get(id(definition), 1)
         code = self.module.code_for_node(node).strip()
         first = code.splitlines()[0].strip() if code else ""
-        for number in range(start, end + 1):
+        for number in range(start, len(self.lines) + 1):
             if first and first in self.lines[number - 1]:
                 return number
         return start

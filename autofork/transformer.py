@@ -73,7 +73,8 @@ import functools
 import importlib.util
 import re
 import types
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence,
+                    Union)
 
 if TYPE_CHECKING:
     import libcst as cst
@@ -471,6 +472,21 @@ def _child_fields(node_type: type) -> tuple[str, ...]:
     """The fields of a libcst node type that may hold expressions or statements."""
     return tuple(f.name for f in dataclasses.fields(node_type)
                  if f.name not in _SKIP_FIELDS and not f.name.startswith("whitespace"))
+
+
+def child_nodes(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """The children of ``node`` that may hold expressions or statements, in source order
+    (names, operators and whitespace left out): the walk this module makes, for others."""
+    base = _cst.CSTNode
+    leaves = _LEAVES
+    for name in _child_fields(type(node)):
+        value = getattr(node, name)
+        if isinstance(value, (tuple, list)):
+            for child in value:
+                if isinstance(child, base) and type(child) not in leaves:
+                    yield child
+        elif isinstance(value, base) and type(value) not in leaves:
+            yield value
 
 
 def _init_tables(libcst: Any) -> None:

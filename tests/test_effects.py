@@ -608,3 +608,18 @@ def test_generated_programs_print_the_same_under_autofork(tmp_path: Path, progra
     assert plain.returncode == 0, plain.stderr
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout == plain.stdout, program
+
+
+def test_the_line_is_the_effects_own_also_after_a_def_in_a_string() -> None:
+    out = rewritten('''\
+        TEXT = """
+        def add(out, x):
+            out.append(y)
+        """
+
+        @implicit_fork
+        def add(out, x):
+            y = x + 1
+            out.append(y)
+    ''')
+    assert kept_plain(out) == [("add", 10)]
