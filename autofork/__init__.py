@@ -5,6 +5,9 @@ with one switch (``AUTOFORK=0``).
     squares = [fork(slow_square, n) for n in range(8)]   # returns at once
     print(sum(squares))                                  # waits only here
 
+In IPython or Jupyter, ``%load_ext autofork`` rewrites the cells that follow as the
+import hook rewrites a module (``autofork._ipython``).
+
 This module holds the public names only; the work lives in ``autofork.runtime``.  The
 names load on first use (PEP 562), so that a worker process, which imports
 ``autofork.runtime.worker``, does not pay for the whole runtime at start-up.
@@ -25,6 +28,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "autofork._ipython": ("load_ipython_extension", "unload_ipython_extension"),
     "autofork.runtime.api": ("fork", "evaluate", "evaluate_all", "wait", "as_completed", "scope",
                              "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"),
     "autofork.runtime.config": ("configure",),

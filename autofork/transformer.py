@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     import libcst as cst
 
 __all__ = ["Resolver", "marked_functions", "forkable_functions", "needs_rewrite", "rewrite",
-           "compile_rewritten"]
+           "compile_rewritten", "parse_rewritten"]
 
 Resolver = Callable[[str], Optional[Mapping[str, str]]]
 """resolver(absolute module name) -> {function name: "cpu" | "io"} for the functions that
@@ -585,6 +585,30 @@ class Mark(Binding):
         self.word = word
 
 
+class Known(Binding):
+    """A name the module's namespace holds before the source runs: a marked function."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _outer_bindings(namespace: Optional[Mapping[str, str]]) -> dict[str, Binding]:
+    """``rewrite``'s ``namespace`` as bindings (see there); unknown descriptions are "other"."""
+    out: dict[str, Binding] = {}
+    for name, what in (namespace or {}).items():
+        if what in ("cpu", "io"):
+            out[name] = Known(what)
+        elif what.startswith("module:"):
+            out[name] = ModuleImport(what[len("module:"):])
+        elif what.startswith("mark:") and what[len("mark:"):] in _ALL_MARKS:
+            out[name] = Mark(what[len("mark:"):])
+        else:
+            out[name] = OTHER
+    return out
+
+
 class SelfParam(Binding):
     """The first parameter of a method: ``self.m(...)`` looks ``m`` up in ``cls``."""
 
@@ -624,9 +648,11 @@ class Scopes:
     name means.
     """
 
-    def __init__(self, package: Optional[str], resolve: _MemoResolver) -> None:
+    def __init__(self, package: Optional[str], resolve: _MemoResolver,
+                 outer: Optional[dict[str, Binding]] = None) -> None:
         self.package = package
         self.resolve = resolve
+        self.outer = outer or {}      # names bound before the source runs (IPython cells)
         self.module = Scope("module", None)
         self.defs: list[Def] = []
         self.generator_defs: list[Def] = []
@@ -705,6 +731,9 @@ class Scopes:
             first = False
             current = current.parent
         found = current.bindings.get(name, []) if current is not None else []
+        if not found and name in self.outer and (current is None or current is module):
+            # Not bound by the source itself: what the namespace already holds.
+            current, found = module, [self.outer[name]]
         if (current is None or current is module) and module.stars:
             # Module-level defs that come after every star import are not shadowed by them.
             explicit = bool(found) and not all(
@@ -730,7 +759,7 @@ class Scopes:
 
     def binding_kind(self, binding: Binding) -> Optional[str]:
         """The fork kind of a marked function ``binding`` is, else None."""
-        if isinstance(binding, Def):
+        if isinstance(binding, (Def, Known)):
             return binding.kind
         if isinstance(binding, FromImport):
             return self.resolve(binding.module).get(binding.name)
@@ -1643,7 +1672,7 @@ def _generator_warnings(scopes: Scopes, source: str) -> list[tuple[str, int, str
 
 
 def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional[str] = None,
-            *, filename: Optional[str] = None) -> str:
+            *, filename: Optional[str] = None, namespace: Optional[Mapping[str, str]] = None) -> str:
     """The rewritten source of a module: its calls of marked functions made forks.
 
     ``source`` itself (the same ``str`` object) when ``needs_rewrite`` is False or when
@@ -1651,10 +1680,19 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     module's ``__package__``; by default the parent of ``module_name``).  A syntax error
     raises the ``SyntaxError`` that ``compile(source, filename, "exec")`` raises.
     Idempotent: rewriting rewritten code changes nothing.
+
+    ``namespace`` describes what the module's namespace already holds before ``source``
+    runs (an IPython cell runs in the namespace that earlier cells filled): ``"cpu"`` or
+    ``"io"`` for a marked function of that kind, ``"module:pkg.mod"`` for a module (its
+    marks are asked of the resolver), ``"mark:implicit_fork"`` (or another mark's name)
+    for one of autofork's marks, ``"proxy"`` for a fork's result (``is``, ``type()`` and
+    ``id()`` unwrap it).  A name the source binds at module level is resolved from the
+    source alone, as in a module.
     """
     filename = filename or f"<{module_name}>"
     resolve = _MemoResolver(resolver)
-    if not (_contains_mark(source) and _MARK_USE.search(source)):
+    outer = _outer_bindings(namespace)
+    if not (outer or _contains_mark(source) and _MARK_USE.search(source)):
         # Only an import can bring a marked function in: the ast test saves the libcst
         # parse of most such modules.  (With marks, the libcst pass decides alone.)
         if "import" not in source:
@@ -1668,7 +1706,8 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     except c.ParserSyntaxError:
         compile(source, filename, "exec", dont_inherit=True)  # raises Python's own SyntaxError
         raise
-    scopes = Scopes(_package_of(module_name, package), resolve)
+    scopes = Scopes(_package_of(module_name, package), resolve, outer)
+    scopes.module.fork_names.update(n for n, what in (namespace or {}).items() if what == "proxy")
     walk = _CallRecorder(scopes)
     walk.visit(module)
     scopes.finish()
@@ -1881,10 +1920,20 @@ def compile_rewritten(original: str, rewritten: str, filename: str) -> types.Cod
     is aligned character by character; an inserted line maps to the original line of
     the statement it belongs to).
     """
+    return compile(parse_rewritten(original, rewritten, filename), filename, "exec",
+                   dont_inherit=True)
+
+
+def parse_rewritten(original: str, rewritten: str, filename: str) -> ast.Module:
+    """The ``ast`` of ``rewritten`` with every position pointing into ``original``.
+
+    What ``compile_rewritten`` compiles; for callers that compile the tree themselves
+    (IPython runs a cell's statements one by one).
+    """
     tree = compile(rewritten, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
     if original != rewritten:
         _remap_positions(tree, original, rewritten)
-    return compile(tree, filename, "exec", dont_inherit=True)
+    return tree
 
 
 # The fields of each ast node type that may hold positioned nodes: ``ctx``, ``op`` and
