@@ -131,8 +131,8 @@ class _Extension:
         if importhook.disabled():
             return node
         source = self._source_of(node)
-        self.defs = self._defs(node, source, transformer)
         names = self._names(node)
+        self.defs = self._defs(node, _mark_imports(names) + source, transformer)
         rewritten = transformer.rewrite(source, _MODULE, self._resolver(), filename="<cell>",
                                         namespace=names)
         if rewritten is source or rewritten == source:
@@ -185,6 +185,8 @@ class _Extension:
                 names[name] = "proxy"
             elif isinstance(value, types.ModuleType):
                 names[name] = f"module:{value.__name__}"
+            elif _mark_word(value) is not None:
+                names[name] = f"mark:{_mark_word(value)}"
             elif isinstance(value, types.FunctionType) and getattr(value, "__autofork_implicit__", False):
                 if resolve is None:
                     resolve = self._resolver()
@@ -209,6 +211,34 @@ class _Extension:
         if fn.__code__.co_flags & (0x20 | 0x200):  # generators cannot be forked
             return None
         return "io" if kind_of(fn) == "io" else "cpu"
+
+
+def _mark_word(value: Any) -> Optional[str]:
+    """The name of the autofork mark ``value`` is, if it is one the transformer reads."""
+    if not callable(value) or getattr(value, "__module__", None) != "autofork.runtime.marks":
+        return None
+    from .runtime import marks
+
+    for word in ("implicit_fork", "cpu_bound_fork", "io_bound_fork", "io_bound"):
+        if getattr(marks, word) is value:
+            return word
+    return None
+
+
+def _mark_imports(names: dict[str, str]) -> str:
+    """Import lines that bind the marks and autofork modules a cell takes from earlier cells.
+
+    ``marked_functions`` reads marks from the source alone; put in front of a cell, these
+    lines let it read ``@implicit_fork`` imported by an earlier cell (line numbers of the
+    result do not matter: only names and kinds come out).
+    """
+    lines = []
+    for name, what in names.items():
+        if what.startswith("mark:"):
+            lines.append(f"from autofork import {what[5:]} as {name}\n")
+        elif what == "module:autofork":
+            lines.append(f"import autofork as {name}\n")
+    return "".join(lines)
 
 
 def _is_joiner_with(node: ast.stmt) -> bool:
@@ -236,6 +266,8 @@ def _show_last_value(original: ast.Module, tree: ast.Module) -> None:
     if not isinstance(node, ast.Expr) or node.lineno != last.lineno:
         return
     unwrap = ast.parse(_UNWRAP, mode="eval").body
+    for part in ast.walk(unwrap):
+        ast.copy_location(part, node)
     if holder is tree.body:
         node.value = ast.copy_location(ast.Call(unwrap, [node.value], []), node.value)
         ast.fix_missing_locations(node)

@@ -244,6 +244,15 @@ def test_marked_calls_in_a_later_cell_run_in_worker_processes(kernel_env, tmp_pa
         # a module imported in one cell, its marked function called in the next
         "import marked_mod\nfrom marked_mod import remote",
         "({marked_mod.remote(n) for n in range(6)} | {remote(n) for n in range(6)}) <= first",
+        # the mark imported by an earlier cell: calls in this cell and the next are forked
+        """
+        @implicit_fork
+        def square_pid(n):
+            return work(n)[0] * 0 + os.getpid()
+
+        ({square_pid(n) for n in range(4)} <= first, KERNEL_PID in {square_pid(n) for n in range(4)})
+        """,
+        "{square_pid(n) for n in range(4)} <= first",
         """
         def work(n):                               # rebound, unmarked: a plain call
             return n, os.getpid()
@@ -256,9 +265,11 @@ def test_marked_calls_in_a_later_cell_run_in_worker_processes(kernel_env, tmp_pa
     )
     assert shown(outputs[3]) == "False True\n"     # in workers, none of them the kernel
     assert shown(outputs[6]) == "Out: True\n"       # the same workers, reused
-    assert shown(outputs[8]) == "True False\n"      # the name's new value is seen
-    assert shown(outputs[11]) == "True False\n"     # unloaded: plain calls in the kernel
-    assert shown(outputs[12]) == "Out: True\n"
+    assert shown(outputs[7]) == "Out: (True, False)\n"
+    assert shown(outputs[8]) == "Out: True\n"
+    assert shown(outputs[10]) == "True False\n"     # the name's new value is seen
+    assert shown(outputs[13]) == "True False\n"     # unloaded: plain calls in the kernel
+    assert shown(outputs[14]) == "Out: True\n"
 
 
 @pytest.mark.timeout(120)
