@@ -178,6 +178,18 @@ SAME = [
     """,
     "result[0], result is None, found is None",  # values from earlier cells
     """
+    class Box:                                 # a class of the notebook's, both ways
+        def __init__(self, v):
+            self.v = v
+
+    @implicit_fork
+    def shout(box):
+        print("step", box.v, work(box.v)[0])   # printed in the cell, in call order
+        return Box(box.v * 2)
+
+    [shout(Box(n)).v for n in range(3)]
+    """,
+    """
     def work(n):                               # rebound, unmarked: a plain call
         return n + 100, os.getpid()
     [work(n)[0] for n in range(3)]
@@ -198,6 +210,7 @@ def test_a_notebook_shows_the_same_outputs_with_and_without_the_extension(kernel
         "Out: ['bad value 2']\n",
         "",
         "Out: (359998, False, True)\n",
+        "step 0 0\nstep 1 359997\nstep 2 359998\nOut: [0, 2, 4]\n",
         "Out: [100, 101, 102]\n",
     ]
 
@@ -244,6 +257,19 @@ def test_marked_calls_in_a_later_cell_run_in_worker_processes(kernel_env, tmp_pa
         # a module imported in one cell, its marked function called in the next
         "import marked_mod\nfrom marked_mod import remote",
         "({marked_mod.remote(n) for n in range(6)} | {remote(n) for n in range(6)}) <= first",
+        # a class defined in a cell: its instances go to the workers and come back
+        """
+        class Box:
+            def __init__(self, v):
+                self.v = v
+
+        @implicit_fork
+        def double(box):
+            return Box(box.v * 2), work(box.v)[1]
+
+        got = [double(Box(n)) for n in range(4)]
+        [g[0].v for g in got], {g[1] for g in got} <= first
+        """,
         # the mark imported by an earlier cell: calls in this cell and the next are forked
         """
         @implicit_fork
@@ -265,11 +291,12 @@ def test_marked_calls_in_a_later_cell_run_in_worker_processes(kernel_env, tmp_pa
     )
     assert shown(outputs[3]) == "False True\n"     # in workers, none of them the kernel
     assert shown(outputs[6]) == "Out: True\n"       # the same workers, reused
-    assert shown(outputs[7]) == "Out: (True, False)\n"
-    assert shown(outputs[8]) == "Out: True\n"
-    assert shown(outputs[10]) == "True False\n"     # the name's new value is seen
-    assert shown(outputs[13]) == "True False\n"     # unloaded: plain calls in the kernel
-    assert shown(outputs[14]) == "Out: True\n"
+    assert shown(outputs[7]) == "Out: ([0, 2, 4, 6], True)\n"
+    assert shown(outputs[8]) == "Out: (True, False)\n"
+    assert shown(outputs[9]) == "Out: True\n"
+    assert shown(outputs[11]) == "True False\n"     # the name's new value is seen
+    assert shown(outputs[14]) == "True False\n"     # unloaded: plain calls in the kernel
+    assert shown(outputs[15]) == "Out: True\n"
 
 
 @pytest.mark.timeout(120)
