@@ -1,4 +1,4 @@
-"""IPython and Jupyter: ``%load_ext autofork`` rewrites the cells that follow (SPEC 10).
+"""IPython and Jupyter: ``%load_ext autofork`` rewrites the cells that follow.
 
 One cell, from the text the user typed to the code the kernel runs::
 
