@@ -133,9 +133,7 @@ def compile_program(program: Program, rewrite: bool) -> types.CodeType:
             engine.prestart()
             _phases.note("pool starting", began)
         search_path = [os.path.dirname(program.path)] if program.spec is None else []
-        code = importhook.main_code(program.data, program.path, program.package, search_path)
-        if code is not None:
-            return code
+        return importhook.main_code(program.data, program.path, program.package, search_path)
     return compile(program.data, program.path, "exec", dont_inherit=True)
 
 

@@ -39,7 +39,11 @@ honoured).  Its layout::
     16 bytes   a PEP 552 checked-hash header: magic, flags 0b11, source hash
      4 bytes   length n of the next part, little-endian
      n bytes   marshal of (fingerprint, dependencies)
-     the rest  marshal of the code object
+     the rest  marshal of the code object, or of None: "this source needs no rewrite"
+
+A module outside the library that needs no rewrite gets such a None file too (it is
+then imported by the normal machinery, with its normal pyc): later runs neither parse it
+again nor import the rewriter.
 
 The source hash is checked on every load, so an edit within the same second is seen.
 The fingerprint is the autofork version plus a digest of the rewriter's own source;
@@ -433,8 +437,11 @@ def cache_path(source_path: str, main: bool = False) -> Optional[str]:
 
 
 def _read_cache(pyc: str, data: bytes, source_path: str, search_path: Sequence[str] = ()
-                ) -> Optional[tuple[types.CodeType, tuple[Dependency, ...]]]:
-    """The cached code and its dependencies when the cache is valid for ``data``; else None."""
+                ) -> Optional[tuple[Optional[types.CodeType], tuple[Dependency, ...]]]:
+    """(code, dependencies) when the cache is valid for ``data``, else None.
+
+    The code is None when the cache says the source needs no rewrite.
+    """
     try:
         with open(pyc, "rb") as file:
             blob = file.read()
@@ -452,6 +459,8 @@ def _read_cache(pyc: str, data: bytes, source_path: str, search_path: Sequence[s
         code = marshal.loads(blob[start + size:])
     except (ValueError, EOFError, TypeError):
         return None  # a damaged file is a miss; the next write replaces it
+    if code is None:
+        return None, dependencies
     if not isinstance(code, types.CodeType):
         return None
     # The cache may have been written when the file had another name (a moved tree), as
@@ -474,7 +483,8 @@ def _still_valid(dependencies: Sequence[Dependency], search_path: Sequence[str])
 
 
 def _write_cache(pyc: str, data: bytes, dependencies: Iterable[Dependency],
-                 code: types.CodeType) -> None:
+                 code: Optional[types.CodeType]) -> None:
+    """Cache ``code`` (None: "needs no rewrite") for the source ``data``; see the invariant."""
     if sys.dont_write_bytecode:
         return
     meta = marshal.dumps((_fingerprint(), tuple(sorted(dependencies))))
@@ -560,27 +570,30 @@ def rewrite_code(data: bytes, path: str, name: str, package: Optional[str],
 
 
 def main_code(data: bytes, path: str, package: Optional[str],
-              search_path: Sequence[str] = ()) -> Optional[types.CodeType]:
-    """The rewritten code of the program run as ``__main__``; None when it needs no rewrite.
+              search_path: Sequence[str] = ()) -> types.CodeType:
+    """The code of the program run as ``__main__``: rewritten, or plain when it needs no rewrite.
 
-    Python never caches the main script's bytecode; autofork caches its rewrite (under
-    ``cache_path(path, main=True)``, with the same checks as a module's), so that a run
-    whose script has not changed imports no libcst.  ``search_path`` is where the
-    script's own imports are found (its directory, for a script).
+    Python never caches the main script's bytecode; autofork caches it (under
+    ``cache_path(path, main=True)``, with the same checks as a module's rewrite), so that
+    a run whose script has not changed imports neither libcst nor the rewriter.  A script
+    that needs no rewrite is cached too, as its plain code: the modules it imports are
+    recorded, so that one of them gaining a mark makes it stale.  ``search_path`` is where
+    the script's own imports are found (its directory, for a script).
     """
     began = time.perf_counter()
     pyc = cache_path(path, main=True)
     cached = _read_cache(pyc, data, path, search_path) if pyc is not None else None
     if cached is not None:
         _phases.note("__main__ from the cache %s", began, pyc)
-        return cached[0]
+        code = cached[0]
+        return compile(data, path, "exec", dont_inherit=True) if code is None else code
     record: dict[str, Dependency] = {}
     code, rewritten = rewrite_code(data, path, "__main__", package,
                                    make_resolver(search_path, record))
-    if pyc is not None and rewritten:
-        _write_cache(pyc, data, record.values(), code)  # type: ignore[arg-type]
+    if pyc is not None and (rewritten or code is None):  # not after an internal failure
+        _write_cache(pyc, data, record.values(), code)
     _phases.note("__main__ %s", began, "rewritten" if rewritten else "needs no rewrite")
-    return code
+    return compile(data, path, "exec", dont_inherit=True) if code is None else code
 
 
 class AutoforkLoader(importlib.machinery.SourceFileLoader):
@@ -664,18 +677,27 @@ class ImportHook:
         pyc = cache_path(origin)
         cached = _read_cache(pyc, data, origin) if pyc is not None else None
         if cached is not None:
-            _debug("cache hit %s (%s)", fullname, pyc)
             code, dependencies = cached
+            if code is None:
+                _debug("not rewritten %s (cached answer)", fullname)
+                return None
+            _debug("cache hit %s (%s)", fullname, pyc)
             self.resolved[fullname] = {dependency[0]: dependency for dependency in dependencies}
             return self._spec(spec, AutoforkLoader(fullname, origin, code=code), pyc)
         source = importlib.util.decode_source(data)
         package = fullname if spec.submodule_search_locations is not None else spec.parent
+        record: dict[str, Dependency] = {}
         try:
-            needed = _transformer().needs_rewrite(source, fullname, make_resolver(), package)
+            needed = _transformer().needs_rewrite(source, fullname, make_resolver(record=record),
+                                                  package)
         except Exception:  # noqa: BLE001 - a SyntaxError is best reported by the normal loader
             return None
         if not needed:
+            # Remembered (with the modules asked about: one gaining a mark makes the answer
+            # stale), so that later runs need not parse it again, nor import the rewriter.
             _debug("not rewritten %s", fullname)
+            if pyc is not None:
+                _write_cache(pyc, data, record.values(), None)
             return None
         loader = AutoforkLoader(fullname, origin, data=data)
         self.resolved[fullname] = loader.dependencies

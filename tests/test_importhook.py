@@ -6,6 +6,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import logging
+import marshal
 import os
 import re
 import subprocess
@@ -84,12 +85,20 @@ def hook(modules: Modules) -> Iterator[ImportHook]:
         yield installed
 
 
-def test_a_module_without_marks_is_left_to_the_normal_loader(modules: Modules, hook: ImportHook) -> None:
+def test_a_module_without_marks_is_left_to_the_normal_loader(modules: Modules, hook: ImportHook,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     name, path = modules.write("plain", "def f(x):\n    return x + 1\n")
     module = modules.fresh_import(name)
     assert type(module.__loader__) is importlib.machinery.SourceFileLoader
     assert module.__spec__.cached == importlib.util.cache_from_source(str(path))
-    assert not list(path.parent.glob("__pycache__/*autofork*"))
+    # The answer "needs no rewrite" is cached (no code in it), so the next run does not
+    # parse the module again.
+    answer = Path(importhook.cache_path(str(path))).read_bytes()
+    assert answer.endswith(marshal.dumps(None))
+    with caplog.at_level(logging.DEBUG, logger="autofork.importhook"):
+        again = modules.fresh_import(name)
+    assert f"not rewritten {name} (cached answer)" in caplog.text
+    assert type(again.__loader__) is importlib.machinery.SourceFileLoader
 
 
 def test_a_marked_module_is_rewritten_with_its_lines_kept(modules: Modules, hook: ImportHook) -> None:

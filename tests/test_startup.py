@@ -102,6 +102,32 @@ def test_a_cached_run_imports_no_libcst_and_an_edit_is_seen(tmp_path: Path) -> N
     assert fourth["double"] != fourth["main"]
 
 
+PLAIN = """
+    import json, os, sys
+    from helper import double
+
+    print(json.dumps({
+        "main": os.getpid(), "double": int(double(2)),
+        "rewriter": "autofork.transformer" in sys.modules,
+    }))
+"""
+
+
+@pytest.mark.timeout(200)
+def test_a_script_that_needs_no_rewrite_is_cached_as_such(tmp_path: Path) -> None:
+    """Its second run does not even import the rewriter; a mark appearing in a module it
+    imports makes that cache stale."""
+    _write(tmp_path / "script.py", PLAIN)
+    _write(tmp_path / "helper.py", HELPER)
+    first = _report(_run(tmp_path))
+    assert first["rewriter"] and first["double"] == first["main"]
+    second = _report(_run(tmp_path))
+    assert not second["rewriter"] and second["double"] == second["main"]
+    _write(tmp_path / "helper.py", MARKED_HELPER)
+    third = _report(_run(tmp_path))
+    assert third["double"] != third["main"]  # now forked: the call site was rewritten
+
+
 @pytest.mark.timeout(120)
 def test_without_bytecode_writing_the_main_rewrite_is_not_cached(tmp_path: Path) -> None:
     _write(tmp_path / "script.py", SCRIPT)
