@@ -89,6 +89,11 @@ class _Log:
 
     def end(self, seq: int, captured: Optional[list]) -> None:
         with self.lock:
+            if (seq == self.low and captured is None and self.emitter is None
+                    and not self.text and seq + 1 not in self.ended):
+                self.low = low = seq + 1  # the usual case: nothing to write, nothing waits
+                self.quiet = low == self.next
+                return
             self.ended[seq] = captured
             if seq != self.low or self.emitter is not None:
                 return  # an earlier call is still running, or the emitter will see it

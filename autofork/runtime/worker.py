@@ -96,7 +96,7 @@ def _load_function(data: bytes) -> Callable[..., Any]:
 
 
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
-    before = _mutable(args, kwargs)
+    before = _mutable(fn, args, kwargs)
     try:
         return True, fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - sent back to the caller
@@ -108,14 +108,19 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]
 
 # Arguments of these types cannot change in place: a call given only these is not checked.
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex, range, frozenset})
+_CHECK_ALL = 64  # the first calls of a function here are all checked; later, one in 64
+_checked: dict[Any, int] = {}  # function -> its calls here with arguments worth checking
 
 
-def _mutable(args: tuple, kwargs: dict) -> Optional[list]:
+def _mutable(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Optional[list]:
     """(label, value, pickled value) of each argument that could change in place, or None.
 
     SPEC 4b: the caller's objects are copies here, so a change that a method of unknown
     type makes to an argument would be lost silently; pickling it again after the call
-    shows the change.  Arguments of the ``_ATOMS`` types cost one set lookup each.
+    shows the change.  Arguments of the ``_ATOMS`` types cost one set lookup each; the
+    others two picklings, on the first ``_CHECK_ALL`` calls of a function in this worker
+    and on one call in ``_CHECK_ALL`` after them (a function that changes its argument
+    usually does so on every call, and one warning per function is all the caller shows).
     """
     atoms = _ATOMS
     for value in args:
@@ -124,6 +129,9 @@ def _mutable(args: tuple, kwargs: dict) -> Optional[list]:
     else:
         if not kwargs or all(type(value) in atoms for value in kwargs.values()):
             return None
+    calls = _checked[fn] = _checked.get(fn, 0) + 1
+    if calls > _CHECK_ALL and calls % _CHECK_ALL:
+        return None
     before = []
     for label, value in [*enumerate(args), *kwargs.items()]:
         if type(value) in atoms:
