@@ -7,6 +7,10 @@ A call is rewritten when its callee resolves *statically* to a function marked
     work(x)   # discarded      ->  _autofork_j1.fork(work, x)   inside
                                    with _autofork_rt.Joiner() as _autofork_j1:
     if value is None:          ->  if _autofork_rt.unwrap(value) is None:
+    json.dumps(value)          ->  json.dumps(_autofork_rt.unwrap(value))
+    out.append(work(x))        ->  _autofork_j1.into(out).append(_autofork_j1.fork(work, x))
+    total += work(x)           ->  total = _autofork_j1.fold(total, '+=', _autofork_j1.fork(work, x))
+    xs = [work(i) for i in y]  ->  xs = _autofork_rt.settle([_autofork_rt.fork(work, i) for i in y])
 
 Three passes, none of them libcst's metadata providers (on a 3,000-line module
 ``ScopeProvider`` alone costs twice the parse):
@@ -18,13 +22,15 @@ Three passes, none of them libcst's metadata providers (on a 3,000-line module
    module, class, function, lambda and comprehension scope, kept in ``Scopes``, with
    ``global``/``nonlocal``), ``_LoopWalker`` (the loops of each body) and
    ``_CallRecorder`` (the call sites, the ``is``/``type()``/``id()``/``match`` uses of
-   names, the names assigned a call's value), each with the path of nodes that leads
-   to it.  ``Scopes`` then resolves names, flow-insensitively: a name resolves to a
+   names, the names assigned a call's value) and ``_FlowRecorder`` (what the loop rules
+   read: stores and reductions in loops, comprehensions, call arguments, every
+   ``name = value``), each with the path of nodes that leads to it.  ``Scopes`` then resolves names, flow-insensitively: a name resolves to a
    marked function only when *every* binding of it in the scope Python would look it
    up in is that marked function.  Anything else (a parameter, an assignment, a loop
    variable, an import of something else, a star import that may shadow it) leaves
-   the call plain.  ``_Plan`` decides what to rewrite; ``autofork.effects`` reads the
-   marked functions through the same ``Scopes``.
+   the call plain.  ``_Plan`` decides what to rewrite, ``_Flow`` adds the loop rules
+   (issue 9, below); ``autofork.effects`` reads the marked functions through the same
+   ``Scopes``.
 3. ``_Rewriter``: rebuilds only the nodes on the paths to a change; every other node
    is the parser's own object, so the user's text comes back byte for byte.
 
@@ -35,6 +41,20 @@ bodies, so an ``except`` clause or a context manager sees a fork's exception as 
 saw the sequential one.  A value-producing call inside a ``try``/``with`` body is
 forked through the body's ``Joiner`` too (``Joiner.fork`` returns its proxy), so its
 exception surfaces before the body ends, where the same clauses see it.
+
+Loops finish what they start (``_Flow``): a value-producing call in a loop is forked
+through the loop's ``Joiner`` too, so every fork has finished, and the first failure in
+call order is raised, when the loop ends.  The containers the loop fills with results
+(``append``/``insert``/``extend``/``setdefault``, ``d[k] = v``, ``xs += [v]``) are
+registered with it (``into``) and hold values, in place, after it.  A reduction whose
+accumulator the loop mentions nowhere else (``acc += v``, ``acc = acc + v``,
+``acc.update(v)``/``extend``/``add``) becomes a ``fold``/``then`` step, applied in call
+order without waiting in the loop.  A comprehension of forks is settled where it ends (in
+a loop: registered with the loop); a fork's value handed to an unmarked call is
+unwrapped there (a list of them, built in the loop: settled); a list or dict display of
+forks given to an unmarked call is settled.  Calls in a lambda or a generator expression
+stay lazy forks: they run later, if ever.  A module that calls a function marked only
+``@io_bound``/``@cpu_bound`` (labels for ``fork``) gets a warning naming it.
 
 What is rewritten: calls of marked functions defined in the module (top level, nested,
 recursive), imported by ``from m import f [as g]`` (relative ones too) or called as
@@ -88,7 +108,8 @@ module marks, or None when its source cannot be found."""
 
 _FORK_MARKS = ("implicit_fork", "cpu_bound_fork", "io_bound_fork")
 _TRUST_MARK = "trust_effects"
-_ALL_MARKS = frozenset((*_FORK_MARKS, "io_bound", _TRUST_MARK))
+_LABELS = frozenset(("io_bound", "cpu_bound"))   # marks for explicit fork() only
+_ALL_MARKS = frozenset((*_FORK_MARKS, *_LABELS, _TRUST_MARK))
 _RUNTIME_MODULE = "autofork.runtime"
 _RUNTIME_NAME = "implicit"
 _PREFIX = "_autofork_"
@@ -213,8 +234,8 @@ def _ast_mark(decorator: ast.expr, marks: Mapping[str, str], modules: set[str]) 
     return None
 
 
-def _scan_marks(tree: ast.Module) -> tuple[dict[str, str], dict[str, int]]:
-    """({name: kind} of the forkable marked top-level functions, {name: line} of marked generators)."""
+def _mark_spellings(tree: ast.Module) -> tuple[dict[str, str], set[str]]:
+    """({local name: mark} imported from autofork, {local names of autofork modules})."""
     marks: dict[str, str] = {}
     modules: set[str] = set()
     for stmt in _ast_statements(tree.body):
@@ -226,6 +247,29 @@ def _scan_marks(tree: ast.Module) -> tuple[dict[str, str], dict[str, int]]:
             for alias in stmt.names:
                 if _is_autofork(alias.name):
                     modules.add(alias.asname or alias.name.partition(".")[0])
+    return marks, modules
+
+
+def _ast_calls_label_only(tree: ast.Module) -> bool:
+    """Whether the module calls by name a top-level function marked only ``@io_bound`` or
+    ``@cpu_bound`` (labels for ``fork``, which the hook does not rewrite: it warns)."""
+    marks, modules = _mark_spellings(tree)
+    bindings: dict[str, list[ast.AST]] = {}
+    _ast_module_bindings(tree.body, bindings)
+    labelled = set()
+    for name, nodes in bindings.items():
+        words = [{_ast_mark(d, marks, modules) for d in n.decorator_list} - {None}
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) else set()
+                 for n in nodes]
+        if all(w and w <= _LABELS for w in words):
+            labelled.add(name)
+    return bool(labelled) and any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                                  and n.func.id in labelled for n in ast.walk(tree))
+
+
+def _scan_marks(tree: ast.Module) -> tuple[dict[str, str], dict[str, int]]:
+    """({name: kind} of the forkable marked top-level functions, {name: line} of marked generators)."""
+    marks, modules = _mark_spellings(tree)
     bindings: dict[str, list[ast.AST]] = {}
     _ast_module_bindings(tree.body, bindings)
     marked: dict[str, str] = {}
@@ -431,6 +475,8 @@ def needs_rewrite(source: str, module_name: str, resolver: Resolver, package: Op
     False when the text marks nothing and no import brings in a marked function;
     the resolver is asked only about modules the source imports.  No libcst parse.
     Text that does not parse gives False (compiling it plainly shows Python's error).
+    True also for a module that calls its own functions marked only ``@io_bound`` or
+    ``@cpu_bound``: its rewrite warns that those marks do nothing under the hook.
     """
     has_marks = _contains_mark(source)
     if not has_marks and "import" not in source:
@@ -439,7 +485,13 @@ def needs_rewrite(source: str, module_name: str, resolver: Resolver, package: Op
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return False
+    if _contains_label(source) and _ast_calls_label_only(tree):
+        return True
     return _needs_rewrite_tree(tree, has_marks, module_name, _MemoResolver(resolver), package)
+
+
+def _contains_label(source: str) -> bool:
+    return "io_bound" in source or "cpu_bound" in source
 
 
 # ------------------------------------------------------------------------ libcst side
@@ -1364,6 +1416,178 @@ class _CallRecorder(_LoopWalker):
             self.contexts[id(call)] = "plain"
 
 
+# Methods that store their arguments in the receiver (a fill, settled when the loop ends),
+# and those that read a single argument at once (a reduction step when nothing else in
+# the loop reads the receiver: ``acc.update(f(x))``).
+_FILL_METHODS = frozenset({"append", "appendleft", "insert", "setdefault", "extend",
+                           "extendleft", "update"})
+_THEN_METHODS = frozenset({"update", "extend", "add"})
+
+
+@dataclasses.dataclass
+class _Store:
+    """A statement that may keep fork results in a container (a fill) or fold them into an
+    accumulator (a reduction): see ``_Flow``."""
+
+    kind: str                         # call, subscript, aug (fills); fold, then (reductions)
+    node: cst.CSTNode                 # the Call, Assign or AugAssign the rewriter changes
+    receiver: Optional[cst.BaseExpression]  # a fill's container expression
+    values: tuple[cst.BaseExpression, ...]  # what is stored, or the folded operand
+    acc: Optional[str]                # a reduction's accumulator (a plain name)
+    op: str                           # a reduction's operator as written: "+=", "+", ""
+    scope: Scope
+    region: _Region
+    loop: Optional[cst.CSTNode]       # the outermost loop of its region around it
+    path: tuple[cst.CSTNode, ...]     # from the module to the node the rewriter changes
+
+
+@dataclasses.dataclass
+class _Collection:
+    """A list/set/dict comprehension, or a display given to a call as an argument."""
+
+    node: cst.BaseExpression
+    scope: Scope
+    region: _Region
+    loop: Optional[cst.CSTNode]
+    path: tuple[cst.CSTNode, ...]     # from the module to ``node``
+    call: Optional[cst.Call]          # the call it is a direct argument of
+    statement: bool                   # a whole expression statement (its value is dropped)
+
+
+@dataclasses.dataclass
+class _Argument:
+    """A (non-starred) argument of a call."""
+
+    value: cst.BaseExpression
+    call: cst.Call
+    scope: Scope
+    loop: Optional[cst.CSTNode]       # the outermost loop of its region around it
+    path: tuple[cst.CSTNode, ...]     # from the module to ``value``
+
+
+class _FlowRecorder(_CallRecorder):
+    """Adds what the loop rules need (``_Flow``): the statements that store or fold values
+    inside loops, the comprehensions, every call's arguments, and every ``name = value``."""
+
+    def __init__(self, scopes: Scopes) -> None:
+        super().__init__(scopes)
+        c = _cst
+        self.stores: list[_Store] = []
+        self.collections: list[_Collection] = []
+        self.arguments: list[_Argument] = []
+        # (the scope the name is bound in, name, value, the scope the value is computed in)
+        # for each ``name = value`` and each ``name op= value``:
+        self.bound: list[tuple[Scope, str, cst.BaseExpression, Scope]] = []
+        self.augmented: list[tuple[Scope, str, cst.BaseExpression, Scope]] = []
+        self.comp_depth = 0
+        self.handlers.update({c.ListComp: self._v_comp, c.SetComp: self._v_comp,
+                              c.DictComp: self._v_comp})
+
+    def _store(self, kind: str, node: cst.CSTNode, receiver: Optional[cst.BaseExpression],
+               values: tuple[cst.BaseExpression, ...], below: tuple[cst.CSTNode, ...] = (),
+               acc: Optional[str] = None, op: str = "") -> None:
+        """Record a store; ``below``: the nodes from the current one down to the one changed."""
+        region = self.region
+        self.stores.append(_Store(kind, node, receiver, values, acc, op, self.scope, region,
+                                  region.loops[0] if region.loops else None,
+                                  (*self.path, *below)))
+
+    def _assigned(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression],
+                  scope: Optional[Scope]) -> None:
+        super()._assigned(target, value, scope)
+        if scope is not None and isinstance(target, _cst.Name) and value is not None:
+            self.bound.append((scope, target.value, value, self.scope))
+
+    def _v_expr(self, node: cst.Expr) -> None:
+        c = _cst
+        call = node.value
+        if isinstance(call, c.Call) and isinstance(call.func, c.Attribute):
+            method = call.func.attr.value
+            args = tuple(a.value for a in call.args if not a.star)
+            receiver = call.func.value
+            if method in _FILL_METHODS and args:
+                self._store("call", call, receiver, args, (call, call.func, receiver))
+            if (method in _THEN_METHODS and isinstance(receiver, c.Name) and len(call.args) == 1
+                    and not call.args[0].star and call.args[0].keyword is None):
+                self._store("then", call, receiver, args, (call,), receiver.value)
+        super()._v_expr(node)
+
+    def _v_assign(self, node: cst.Assign) -> None:
+        c = _cst
+        for target in node.targets:
+            if isinstance(target.target, c.Subscript):
+                self._store("subscript", node, target.target.value, (node.value,),
+                            (target, target.target, target.target.value))
+        value = node.value
+        if (len(node.targets) == 1 and isinstance(node.targets[0].target, c.Name)
+                and isinstance(value, c.BinaryOperation) and isinstance(value.left, c.Name)
+                and value.left.value == node.targets[0].target.value and not value.lpar):
+            self._store("fold", node, None, (value.right,), (), value.left.value,
+                        _operator_text(value.operator))
+        super()._v_assign(node)
+
+    def _v_aug_assign(self, node: cst.AugAssign) -> None:
+        c = _cst
+        target = node.target
+        if isinstance(target, (c.Name, c.Attribute)):
+            self._store("aug", node, target, (node.value,), (node.value,))
+        if isinstance(target, c.Name):
+            self._store("fold", node, None, (node.value,), (), target.value,
+                        _operator_text(node.operator))
+            scope = self._binding_scope(target)
+            if scope is not None:
+                self.augmented.append((scope, target.value, node.value, self.scope))
+        super()._v_aug_assign(node)
+
+    def _v_comp(self, node: Any) -> None:
+        c = _cst
+        if self.comp_depth == 0 and not isinstance(node, c.GeneratorExp):
+            path = tuple(self.path)
+            parent = path[-2] if len(path) > 1 else None
+            call = path[-3] if isinstance(parent, c.Arg) and isinstance(path[-3], c.Call) else None
+            region = self.region
+            self.collections.append(_Collection(
+                node, self.scope, region, region.loops[0] if region.loops else None, path,
+                call, isinstance(parent, c.Expr)))
+        self.comp_depth += 1
+        super()._v_comp(node)
+        self.comp_depth -= 1
+
+    def _v_call(self, node: cst.Call) -> None:
+        c = _cst
+        region = self.region
+        for arg in node.args:
+            if arg.star:
+                continue
+            value = arg.value
+            self.arguments.append(_Argument(value, node, self.scope,
+                                            region.loops[0] if region.loops else None,
+                                            (*self.path, arg, value)))
+            if isinstance(value, (c.List, c.Tuple, c.Set, c.Dict)):
+                self.collections.append(_Collection(
+                    value, self.scope, region, region.loops[0] if region.loops else None,
+                    (*self.path, arg, value), node, False))
+        super()._v_call(node)
+
+
+def _runs_now(path: Sequence[cst.CSTNode], block: cst.CSTNode) -> bool:
+    """Whether the node at the end of ``path`` runs while ``block`` (on the path) runs:
+    no lambda or generator expression between them."""
+    c = _cst
+    below = False
+    for node in path:
+        if node is block:
+            below = True
+        elif below and isinstance(node, (c.Lambda, c.GeneratorExp)):
+            return False
+    return True
+
+
+def _operator_text(operator: Any) -> str:
+    """``"+="`` for an AddAssign, ``"+"`` for an Add."""
+    return _cst.Module(body=()).code_for_node(operator).strip()
+
+
 # ---------------------------------------------------------------------- the decisions
 
 
@@ -1392,7 +1616,11 @@ class _Plan:
     ``rewrites``: id(call) -> the joiner that forks it, None for a value fork;
     ``unwraps``: ids of names to wrap in ``unwrap``; ``loop_joiners``: id(loop) ->
     joiner; ``rest_wraps``: id(suite) -> (first statement, joiner); ``dirty``: ids of
-    every node on a path to a change (the rewriter rebuilds only those).
+    every node on a path to a change (the rewriter rebuilds only those).  The loop rules
+    (``_Flow``) add ``wraps``: id(expression) -> (joiner or None for the runtime, method,
+    first argument or None), the expression becoming ``owner.method([first, ]expression)``;
+    ``folds``: id(AugAssign or Assign) -> (joiner, operator, accumulator); ``thens``:
+    id(call) -> joiner.
     """
 
     def __init__(self, walk: _CallRecorder, runtime_alias: Optional[str]) -> None:
@@ -1405,6 +1633,9 @@ class _Plan:
         self.rest_wraps: dict[int, tuple[int, str]] = {}
         self.dirty: set[int] = set()
         self.joiner_count = 0
+        self.wraps: dict[int, tuple[Optional[str], str, Optional[cst.BaseExpression]]] = {}
+        self.folds: dict[int, tuple[str, str, str]] = {}
+        self.thens: dict[int, str] = {}
 
     def decide(self, plain: Callable[[list[Binding]], bool] = lambda bindings: False) -> bool:
         """Choose the rewrites; True when there is anything to change.
@@ -1418,14 +1649,19 @@ class _Plan:
         for scope, name, call in walk.assigned:
             if id(call) in self.rewrites:  # a plain or a joined fork: a proxy either way
                 scope.fork_names.add(name)
-        for use in walk.name_uses:
+        self.unwrap_names()
+        return bool(self.rewrites or self.unwraps or scopes.generator_defs)
+
+    def unwrap_names(self) -> None:
+        """Unwrap the fork names that meet ``is``, ``type()``, ``id()`` or ``match``."""
+        scopes = self.scopes
+        for use in self.walk.name_uses:
             if use.needs_builtin is not None and scopes.lookup(use.scope, use.needs_builtin)[0] is not None:
                 continue
             scope, _ = scopes.lookup(use.scope, use.name.value)
             if scope is not None and use.name.value in scope.fork_names:
                 self.unwraps.add(id(use.name))
                 self.dirty.update(map(id, use.path))
-        return bool(self.rewrites or self.unwraps or scopes.generator_defs)
 
     def _decide_call(self, site: _CallSite, plain: Callable[[list[Binding]], bool]) -> None:
         kind, bindings = self.scopes.callee(site.call.func, site.scope)
@@ -1438,10 +1674,14 @@ class _Plan:
                 return    # sequentially it only creates a coroutine and drops it
             self.rewrites[id(site.call)] = self._joiner(site)
         else:
-            if site.region.kind in ("try", "with"):
-                if not _JOIN_VALUE_FORKS:
-                    return
-                # Joined with the body, so its exception surfaces inside the body.
+            region = site.region
+            joined = ((region.kind in ("try", "with") and _JOIN_VALUE_FORKS)
+                      or (site.loop is not None and region.kind != "class"))
+            # A loop finishes every fork it started, value forks too (issue 9); a try or
+            # with body finishes them before its handlers and context managers run.  Not
+            # a call in a lambda or a generator expression: it runs later, if ever.
+            inside = site.loop if site.loop is not None else region.suite
+            if joined and _runs_now(site.path, inside):
                 self.rewrites[id(site.call)] = self._joiner(site)
             else:
                 self.rewrites[id(site.call)] = None
@@ -1470,6 +1710,265 @@ class _Plan:
         return f"{_PREFIX}j{self.joiner_count}"
 
 
+class _Flow:
+    """The loop rules (issue 9), decided after the calls (``_Plan.decide``).
+
+    * Fork names: a name bound to a fork's value, to arithmetic on one, or augmented by
+      one (``acc += f(x)``) holds a proxy; *carriers* are names bound to anything that
+      contains a fork's value (``pair = (x, f(x))``).
+    * Reductions: in a loop with a joiner, ``acc op= v``, ``acc = acc op v`` and
+      ``acc.update(v)``/``extend``/``add`` whose ``v`` is a fork's value, when the loop
+      mentions ``acc`` nowhere else, become ``acc = j.fold(acc, "op=", v)`` and
+      ``j.then(acc.update, v)``: applied in call order without waiting in the loop.
+    * Fills: the container of ``c.append(v)``, ``c.insert(i, v)``, ``c[k] = v``,
+      ``c += [v]``... in such a loop, when ``v`` carries a fork's value, is registered with
+      the joiner (``j.into(c)``), which puts values in place of proxies at the loop's end.
+    * Collections: a comprehension of forks is settled where it ends (``rt.settle``),
+      or, inside a loop with a joiner, registered with it; a display (``[a, b]``) of fork
+      values given to a call that is not a fork is settled there.
+    * Arguments: a fork's value given to a call that is not itself a fork, a fill or a
+      reduction step is unwrapped there (``json.dumps(rt.unwrap(x))``).
+    """
+
+    def __init__(self, plan: _Plan, walk: _FlowRecorder) -> None:
+        self.plan = plan
+        self.walk = walk
+        self.scopes = plan.scopes
+        self.carriers: set[tuple[int, str]] = set()
+        self.fills: set[int] = set()       # ids of fill calls: their arguments stay proxies
+        self.kept: set[int] = set()        # ids of collections already registered
+        self._counts: dict[int, dict[str, int]] = {}
+        # Forks of a marked ``async def``: their proxies are awaited, never waited for.
+        self.awaited = {id(site.call) for site in walk.calls if id(site.call) in plan.rewrites
+                        and any(isinstance(b, Def) and b.node.asynchronous is not None
+                                for b in self.scopes.callee(site.call.func, site.scope)[1])}
+
+    def decide(self) -> bool:
+        self._names()
+        self._reductions()
+        self._fills()
+        self._collections()
+        self._arguments()
+        self.plan.unwrap_names()   # is/type/id of the fork names found here too
+        plan = self.plan
+        return bool(plan.wraps or plan.folds or plan.thens or plan.unwraps)
+
+    # ---- what holds a fork's value
+
+    def _defining(self, scope: Scope, name: str) -> Optional[Scope]:
+        return self.scopes.lookup(scope, name)[0]
+
+    def fork_valued(self, expression: cst.BaseExpression, scope: Scope) -> bool:
+        """Whether ``expression``'s value may be a proxy."""
+        c = _cst
+        if isinstance(expression, c.Call):
+            return id(expression) in self.plan.rewrites and id(expression) not in self.awaited
+        if isinstance(expression, c.Name):
+            found = self._defining(scope, expression.value)
+            return found is not None and expression.value in found.fork_names
+        if isinstance(expression, c.BinaryOperation):
+            return self.fork_valued(expression.left, scope) or self.fork_valued(expression.right, scope)
+        if isinstance(expression, c.UnaryOperation):
+            return self.fork_valued(expression.expression, scope)
+        if isinstance(expression, (c.IfExp, c.BooleanOperation, c.NamedExpr)):
+            return any(self.fork_valued(e, scope) for e in _result_parts(expression))
+        return False
+
+    def carries(self, expression: cst.BaseExpression, scope: Scope) -> bool:
+        """Whether a fork's value may be found in ``expression``'s value (at any depth)."""
+        c = _cst
+        rewrites = self.plan.rewrites
+        for node in _subtree(expression):
+            if isinstance(node, c.Call) and id(node) in rewrites and id(node) not in self.awaited:
+                return True
+            if isinstance(node, c.Name):
+                found = self._defining(scope, node.value)
+                if found is not None and (node.value in found.fork_names
+                                          or (id(found), node.value) in self.carriers):
+                    return True
+        return False
+
+    def _names(self) -> None:
+        walk = self.walk
+        changed = True
+        while changed:   # a fixpoint: b = a * 2 may come before a = f(x) in the text
+            changed = False
+            for binding, name, value, scope in (*walk.bound, *walk.augmented):
+                if name not in binding.fork_names and self.fork_valued(value, scope):
+                    binding.fork_names.add(name)
+                    changed = True
+                key = (id(binding), name)
+                if key not in self.carriers and self.carries(value, scope):
+                    self.carriers.add(key)
+                    changed = True
+
+    # ---- loops
+
+    def _joiner(self, store: Union[_Store, _Collection, _Argument]) -> Optional[str]:
+        """The joiner of the loop around ``store``, if it has one and the store runs in it."""
+        loop = store.loop
+        if loop is None or not _runs_now(store.path, loop):
+            return None
+        return self.plan.loop_joiners.get(id(loop))
+
+    def _mentions(self, loop: cst.CSTNode, name: str) -> int:
+        counts = self._counts.get(id(loop))
+        if counts is None:
+            counts = self._counts[id(loop)] = _name_counts(loop)
+        return counts.get(name, 0)
+
+    def _reductions(self) -> None:
+        groups: dict[tuple[int, str], list[_Store]] = {}
+        for store in self.walk.stores:
+            if store.kind in ("fold", "then") and self._joiner(store) is not None:
+                groups.setdefault((id(store.loop), store.acc or ""), []).append(store)
+        c = _cst
+        for (_, acc), stores in groups.items():
+            mentions = 0
+            for store in stores:
+                value = store.values[0]
+                if any(isinstance(n, c.Name) and n.value == acc for n in _subtree(value)):
+                    break   # the step reads the accumulator itself
+                if store.kind == "fold" and not (store.op in _IN_PLACE_OPS or store.op in _BINARY_OPS):
+                    break
+                mentions += 2 if isinstance(store.node, c.Assign) else 1
+            else:
+                loop = stores[0].loop
+                if (any(self.fork_valued(s.values[0], s.scope) for s in stores)
+                        and loop is not None and self._mentions(loop, acc) == mentions):
+                    for store in stores:
+                        self._reduce(store)
+
+    def _reduce(self, store: _Store) -> None:
+        plan = self.plan
+        joiner = self._joiner(store)
+        assert joiner is not None and store.acc is not None
+        if store.kind == "then":
+            plan.thens[id(store.node)] = joiner
+            self.fills.add(id(store.node))
+        else:
+            plan.folds[id(store.node)] = (joiner, store.op, store.acc)
+        plan.dirty.update(map(id, store.path))
+
+    def _fills(self) -> None:
+        c = _cst
+        plan = self.plan
+        for store in self.walk.stores:
+            if store.kind not in ("call", "subscript", "aug") or id(store.node) in plan.folds:
+                continue
+            joiner = self._joiner(store)
+            if joiner is None or store.receiver is None or id(store.node) in plan.thens:
+                continue
+            values = store.values
+            if not any(self.carries(v, store.scope) for v in values):
+                continue
+            if store.kind == "call":
+                method = store.node.func.attr.value  # type: ignore[attr-defined]
+                if method in _THEN_METHODS and len(values) == 1 and self.fork_valued(values[0], store.scope):
+                    continue   # extend(f(x)) reads its argument at once: the plain rule
+                plan.wraps[id(store.receiver)] = (joiner, "into", None)
+                self.fills.add(id(store.node))
+            elif store.kind == "subscript":
+                plan.wraps[id(store.receiver)] = (joiner, "into", None)
+            else:
+                value = values[0]
+                if not isinstance(value, (c.List, c.Tuple, c.ListComp, c.Dict, c.DictComp,
+                                          c.Set, c.SetComp)):
+                    continue   # acc += f(x) that is no reduction: iadd reads it, plain rule
+                plan.wraps[id(value)] = (joiner, "into", store.receiver)
+                self.kept.add(id(value))
+            plan.dirty.update(map(id, store.path))
+
+    def _collections(self) -> None:
+        plan = self.plan
+        for item in self.walk.collections:
+            node = item.node
+            if item.statement or id(node) in self.kept or not self.carries(node, item.scope):
+                continue
+            call = item.call
+            if call is not None and (id(call) in plan.rewrites or id(call) in self.fills):
+                continue   # dataflow into a fork; or kept by a fill
+            joiner = self._joiner(item) if call is None else None
+            if joiner is not None:
+                plan.wraps[id(node)] = (joiner, "into", None)
+            elif call is not None or not isinstance(node, (_cst.List, _cst.Tuple, _cst.Set, _cst.Dict)):
+                plan.wraps[id(node)] = (None, "settle", None)
+            else:
+                continue
+            plan.dirty.update(map(id, item.path))
+
+    def _arguments(self) -> None:
+        c = _cst
+        plan = self.plan
+        for argument in self.walk.arguments:
+            call, value = argument.call, argument.value
+            if id(call) in plan.rewrites or id(call) in self.fills or id(value) in plan.wraps:
+                continue
+            if self.fork_valued(value, argument.scope):
+                if isinstance(value, c.Name):
+                    plan.unwraps.add(id(value))
+                else:
+                    plan.wraps[id(value)] = (None, "unwrap", None)
+            elif (isinstance(value, c.Name) and argument.loop is not None
+                  and self._joiner(argument) is not None and self._carrier(value, argument.scope)):
+                # rows = [f(x) for x in batch]; use(rows) in the same loop: values now.
+                plan.wraps[id(value)] = (None, "settle", None)
+            else:
+                continue
+            plan.dirty.update(map(id, argument.path))
+
+    def _carrier(self, name: cst.Name, scope: Scope) -> bool:
+        found = self._defining(scope, name.value)
+        return found is not None and (id(found), name.value) in self.carriers
+
+
+def _result_parts(expression: cst.BaseExpression) -> list[cst.BaseExpression]:
+    c = _cst
+    if isinstance(expression, c.IfExp):
+        return [expression.body, expression.orelse]
+    if isinstance(expression, c.BooleanOperation):
+        return [expression.left, expression.right]
+    if isinstance(expression, c.NamedExpr):
+        return [expression.value]
+    return []
+
+
+def _subtree(node: cst.CSTNode) -> Iterable[cst.CSTNode]:
+    """``node`` and every node below it, except attribute and keyword names."""
+    c = _cst
+    base = c.CSTNode
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, c.Attribute):
+            stack.append(node.value)
+            continue
+        for name in _child_fields(type(node)):
+            if name == "keyword" and isinstance(node, c.Arg):
+                continue
+            value = getattr(node, name)
+            if isinstance(value, (tuple, list)):
+                stack.extend(v for v in value if isinstance(v, base))
+            elif isinstance(value, base):
+                stack.append(value)
+
+
+def _name_counts(node: cst.CSTNode) -> dict[str, int]:
+    """How many times each name is mentioned below ``node`` (loads and stores alike)."""
+    counts: dict[str, int] = {}
+    c = _cst
+    for below in _subtree(node):
+        if isinstance(below, c.Name):
+            counts[below.value] = counts.get(below.value, 0) + 1
+    return counts
+
+
+_IN_PLACE_OPS = frozenset({"+=", "-=", "*=", "/=", "//=", "%=", "**=", "@=", "<<=", ">>=",
+                           "&=", "|=", "^="})
+_BINARY_OPS = frozenset({"+", "-", "*", "/", "//", "%", "**", "@", "<<", ">>", "&", "|", "^"})
+
+
 class _Rewriter:
     """Rebuilds the nodes on the paths to a change; everything else is kept as parsed."""
 
@@ -1484,6 +1983,7 @@ class _Rewriter:
         self.after: dict[type, Callable[[Any, Any], Any]] = {
             c.Call: self._call, c.Name: self._name, c.IndentedBlock: self._block,
             c.Module: self._module, c.SimpleStatementSuite: self._suite,
+            c.AugAssign: self._aug_assign, c.Assign: self._assign,
         }
 
     def rebuild(self, node: Any) -> Any:
@@ -1503,7 +2003,47 @@ class _Rewriter:
                     changes[name] = items
         new_node = node.with_changes(**changes) if changes else node
         after = self.after.get(type(node))
-        return after(node, new_node) if after is not None else new_node
+        if after is not None:
+            new_node = after(node, new_node)
+        wrap = self.a.wraps.get(id(node))
+        return new_node if wrap is None else self._wrap(new_node, *wrap)
+
+    def _owner(self, joiner: Optional[str]) -> str:
+        return self.names.runtime if joiner is None else self.names.rename(joiner)
+
+    def _invoke(self, owner: Optional[str], method: str, *args: Any) -> cst.Call:
+        """``owner.method(*args)``: a joiner's method, or the runtime's (owner None)."""
+        c = _cst
+        comma = c.Comma(whitespace_after=c.SimpleWhitespace(" "))
+        arguments = [c.Arg(value=a, comma=comma) for a in args[:-1]]
+        arguments.append(c.Arg(value=args[-1]))
+        return c.Call(func=self._attr(self._owner(owner), method), args=arguments)
+
+    def _wrap(self, node: Any, owner: Optional[str], method: str,
+              first: Optional[cst.BaseExpression]) -> cst.Call:
+        if first is None:
+            return self._invoke(owner, method, node)
+        return self._invoke(owner, method, first.deep_clone(), node)
+
+    def _aug_assign(self, original: cst.AugAssign, new: cst.AugAssign) -> Any:
+        """``acc op= v`` -> ``acc = j.fold(acc, "op=", v)`` (a reduction step)."""
+        fold = self.a.folds.get(id(original))
+        if fold is None:
+            return new
+        c = _cst
+        joiner, op, acc = fold
+        value = self._invoke(joiner, "fold", c.Name(acc), c.SimpleString(repr(op)), new.value)
+        return c.Assign(targets=(c.AssignTarget(target=new.target),), value=value,
+                        semicolon=new.semicolon)
+
+    def _assign(self, original: cst.Assign, new: cst.Assign) -> cst.Assign:
+        """``acc = acc op v`` -> ``acc = j.fold(acc, "op", v)`` (a reduction step)."""
+        fold = self.a.folds.get(id(original))
+        if fold is None:
+            return new
+        joiner, op, acc = fold
+        return new.with_changes(value=self._invoke(joiner, "fold", _cst.Name(acc),
+                                                   _cst.SimpleString(repr(op)), new.value.right))
 
     def _attr(self, owner: str, attr: str) -> cst.Attribute:
         c = _cst
@@ -1512,6 +2052,9 @@ class _Rewriter:
     def _call(self, original: cst.Call, new: cst.Call) -> cst.Call:
         c = _cst
         key = id(original)
+        then = self.a.thens.get(key)
+        if then is not None:   # acc.update(v) -> j.then(acc.update, v): a reduction step
+            return self._invoke(then, "then", new.func, new.args[0].value)
         if key not in self.a.rewrites:
             return new
         owner = self.a.rewrites[key]
@@ -1568,7 +2111,7 @@ class _Rewriter:
         c = _cst
         names = self.names
         out: list[Any] = []
-        if (self.a.rewrites or self.a.unwraps) and self.a.runtime_alias is None:
+        if (self.a.rewrites or self.a.unwraps or self.a.wraps) and self.a.runtime_alias is None:
             out.append(c.parse_statement(
                 f"from {_RUNTIME_MODULE} import {_RUNTIME_NAME} as {names.runtime}\n").body[0])
         if self.warnings:
@@ -1580,6 +2123,12 @@ class _Rewriter:
                 message = (f"{function}() at line {line} of {self.module_name} is a generator "
                            f"function marked @{mark}: a generator cannot be forked, "
                            f"so its calls run plainly")
+                if mark in _LABELS:
+                    message = (f"{function}() at line {line} of {self.module_name} is marked "
+                               f"only @{mark}, a label for explicit fork(): under the import "
+                               f"hook its calls run plainly, one after another. Mark it "
+                               f"@{'io_bound_fork' if mark == 'io_bound' else 'implicit_fork'} "
+                               f"to have its calls forked")
                 code = (f"{w}.warn_explicit({message!r}, {category}, "
                         f"globals().get('__file__') or {self.module_name!r}, {line}, __name__)\n")
                 out.append(c.parse_statement(code).body[0])
@@ -1652,22 +2201,48 @@ class _Names:
         return self.renames[joiner]
 
 
-def _generator_warnings(scopes: Scopes, source: str) -> list[tuple[str, int, str]]:
-    """(function, line, mark) of each marked generator, the line taken from an ast walk."""
-    if not scopes.generator_defs:
+def _label_defs(scopes: Scopes, walk: _CallRecorder) -> list[tuple[Def, str]]:
+    """(def, label) of each function marked only ``@io_bound``/``@cpu_bound`` that the
+    module calls: such a mark labels it for ``fork``; the hook leaves its calls plain."""
+    found: dict[int, tuple[Def, str]] = {}
+    for site in walk.calls:
+        kind, bindings = scopes.callee(site.call.func, site.scope)
+        if kind is not None or not bindings:
+            continue
+        labels = [_labels_of(scopes, b) for b in bindings]
+        if all(labels):
+            for binding, label in zip(bindings, labels):
+                found.setdefault(id(binding), (binding, label))  # type: ignore[arg-type]
+    return list(found.values())
+
+
+def _labels_of(scopes: Scopes, binding: Binding) -> str:
+    """The label of a def marked with labels only ("" for anything else)."""
+    if not isinstance(binding, Def):
+        return ""
+    words = {scopes.mark_of(d.decorator, binding.scope) for d in binding.node.decorators} - {None}
+    return min(words) if words and words <= _LABELS else ""  # type: ignore[type-var]
+
+
+def _generator_warnings(scopes: Scopes, source: str,
+                        labelled: Sequence[tuple[Def, str]] = ()) -> list[tuple[str, int, str]]:
+    """(function, line, mark) of each marked generator and each labelled def, the line
+    taken from an ast walk."""
+    if not (scopes.generator_defs or labelled):
         return []
     found = [(d.name, d.lineno) for d in ast_defs(ast.parse(source).body)]
     positions = {id(d): i for i, d in enumerate(scopes.defs)}
     same_order = len(found) == len(scopes.defs) and all(
         a[0] == d.node.name.value for a, d in zip(found, scopes.defs))
     out = []
-    for definition in scopes.generator_defs:
+    marked = [(d, d.generator_mark or "implicit_fork") for d in scopes.generator_defs]
+    for definition, mark in (*marked, *labelled):
         name = definition.node.name.value
         if same_order:
             line = found[positions[id(definition)]][1]
         else:
             line = next((ln for n, ln in found if n == name), 0)
-        out.append((name, line, definition.generator_mark or "implicit_fork"))
+        out.append((name, line, mark))
     return out
 
 
@@ -1698,7 +2273,8 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
         if "import" not in source:
             return source
         tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-        if not _needs_rewrite_tree(tree, False, module_name, resolve, package):
+        if not (_needs_rewrite_tree(tree, False, module_name, resolve, package)
+                or _contains_label(source) and _ast_calls_label_only(tree)):
             return source
     c = _libcst()
     try:
@@ -1708,20 +2284,23 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
         raise
     scopes = Scopes(_package_of(module_name, package), resolve, outer)
     scopes.module.fork_names.update(n for n, what in (namespace or {}).items() if what == "proxy")
-    walk = _CallRecorder(scopes)
+    walk = _FlowRecorder(scopes)
     walk.visit(module)
     scopes.finish()
     effects = _effects(module, scopes, source)
     plan = _Plan(walk, _runtime_alias(module))
-    if not plan.decide(plain=lambda bindings: any(id(b) in effects for b in bindings)) and not effects:
+    labelled = _label_defs(scopes, walk)
+    decided = plan.decide(plain=lambda bindings: any(id(b) in effects for b in bindings))
+    decided = _Flow(plan, walk).decide() or decided
+    if not decided and not effects and not labelled:
         return source
-    warnings = _generator_warnings(scopes, source)
+    warnings = _generator_warnings(scopes, source, labelled)
     if warnings and _has_import(module, "warnings"):
         warnings = []
     notices = [(e.function, e.line, e.message()) for e in effects.values()]
     if notices and _has_import(module, f"{_RUNTIME_MODULE}.notices"):
         notices = []
-    if not (plan.rewrites or plan.unwraps or warnings or notices):
+    if not (plan.rewrites or plan.unwraps or plan.wraps or warnings or notices):
         return source
     plan.dirty.add(id(module))
     names = _Names(source, plan.runtime_alias)
@@ -1894,20 +2473,42 @@ def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int,
     columns: list[Union[int, _LineColumns]] = [0] * (len(new) + 2)
     last = max(len(old) - 1, 0)
     for tag, i1, i2, j1, j2 in _align([s.strip() for s in old], [s.strip() for s in new]):
+        if tag == "replace":
+            pairs = _replaced(new, i1, i2, j1, j2)
         for k in range(j2 - j1):
             row = j1 + k + 1
             if tag == "equal":
                 lines[row] = i1 + k + 1
                 columns[row] = _indent_bytes(old[i1 + k]) - _indent_bytes(new[j1 + k])
-            elif i2 > i1:   # replace: a changed line, aligned character by character
-                index = i1 + min(k, i2 - i1 - 1)
+            elif tag == "replace" and pairs[k] >= 0:   # a changed line: char by char
+                index = pairs[k]
                 lines[row] = index + 1
                 columns[row] = _LineColumns(old[index], new[j1 + k])
             else:           # insert
-                index = min(i1, last)
+                index = min(i1 if tag != "replace" else -pairs[k] - 1, last)
                 lines[row] = index + 1
                 columns[row] = _LineColumns(old[index] if old else "", None)
     return lines, columns
+
+
+_JOINER_LINE = re.compile(r"\s*with _autofork_\w+\.Joiner\(\) as _autofork_\w+:\s*")
+
+
+def _replaced(new: Sequence[str], i1: int, i2: int, j1: int, j2: int) -> list[int]:
+    """For each new line of a replaced block: its old line, or -1 - the old line of the
+    statement it was inserted before (a ``with ...Joiner()`` line).
+
+    Without the inserted lines, the two blocks pair up line by line; when they do not
+    (a line the rewriter split or joined), the k-th new line pairs with the k-th old one.
+    """
+    inserted = [bool(_JOINER_LINE.fullmatch(new[j])) for j in range(j1, j2)]
+    if j2 - j1 - sum(inserted) != i2 - i1:
+        return [i1 + min(k, i2 - i1 - 1) for k in range(j2 - j1)]
+    pairs, index = [], i1
+    for joiner in inserted:
+        pairs.append(-1 - index if joiner else index)
+        index += not joiner
+    return pairs
 
 
 def compile_rewritten(original: str, rewritten: str, filename: str) -> types.CodeType:

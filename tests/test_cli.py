@@ -235,8 +235,11 @@ def test_diff_shows_the_rewritten_call_sites_only(tmp_path: Path) -> None:
     removed = [line for line in lines if line.startswith("-") and not line.startswith("---")]
     added = [line for line in lines if line.startswith("+") and not line.startswith("+++")]
     assert "-    squares.append(square(i))" in removed
-    assert len(added) == len(removed) <= 2  # the call, and the line that takes the import
-    assert any(line.startswith("+    squares.append(") and "fork" in line for line in added)
+    # The call, the line that takes the import, and the loop under its new joiner line.
+    assert len(added) == len(removed) + 1 <= 4
+    assert any(line.startswith("+with _autofork_rt.Joiner()") for line in added)
+    assert any(line.startswith("+        _autofork_j1.into(squares).append(") and "fork" in line
+               for line in added)
     assert "plain.py" not in done.stdout
 
 

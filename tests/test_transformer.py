@@ -429,7 +429,8 @@ def test_module_level_loop_joins_before_the_module_finishes(tmp_path: Path) -> N
 
 
 def test_value_uses() -> None:
-    """Value-producing calls (assignment, argument, keyword, append, return) become lazy forks."""
+    """Value-producing calls become lazy forks; a value handed to an unmarked call is
+    unwrapped there; a loop joins its value forks and settles the list it fills."""
     check(
         """\
 from autofork import implicit_fork
@@ -457,10 +458,11 @@ def work(x):
 
 def main(items):
     a = _autofork_rt.fork(work, 1)
-    print(_autofork_rt.fork(work, 2), key=_autofork_rt.fork(work, 3))
+    print(_autofork_rt.unwrap(_autofork_rt.fork(work, 2)), key=_autofork_rt.unwrap(_autofork_rt.fork(work, 3)))
     results = []
-    for item in items:
-        results.append(_autofork_rt.fork(work, item))
+    with _autofork_rt.Joiner() as _autofork_j1:
+        for item in items:
+            _autofork_j1.into(results).append(_autofork_j1.fork(work, item))
     return _autofork_rt.fork(work, a)
 """,
     )
@@ -810,7 +812,9 @@ if True:
 
 
 def test_unmarked() -> None:
-    """Unmarked functions, @io_bound alone and other decorators: nothing changes."""
+    """Unmarked functions, @io_bound alone (not called: a call warns, see
+    test_a_label_only_mark_called_directly_gets_a_warning_prelude) and other decorators:
+    nothing changes."""
     unchanged(
         """\
 from autofork import implicit_fork, io_bound
@@ -828,7 +832,7 @@ def implicit_fork_lookalike():
     pass
 
 def main():
-    only_io(1)
+    print(only_io)
     cached(2)
     return implicit_fork_lookalike()
 """,
@@ -1039,7 +1043,7 @@ class Worker:
         return x
 
     def run(self, items):
-        out = [_autofork_rt.fork(self.step, i) for i in items]
+        out = _autofork_rt.settle([_autofork_rt.fork(self.step, i) for i in items])
         with _autofork_rt.Joiner() as _autofork_j1:
             for i in items:
                 _autofork_j1.fork(self.step, i)
@@ -1101,7 +1105,8 @@ def outer():
 
 
 def test_unwrap() -> None:
-    """Names bound to a fork meet is / is not / type() / id() unwrapped; not when `type` is shadowed."""
+    """Names bound to a fork meet is / is not / type() / id() unwrapped; a shadowed `type`
+    is any other call, whose arguments are unwrapped too."""
     check(
         """\
 from autofork import implicit_fork
@@ -1149,7 +1154,7 @@ def main(x):
 def shadowed_type(x):
     type = len
     r = _autofork_rt.fork(work, x)
-    return type(r)
+    return type(_autofork_rt.unwrap(r))
 """,
     )
 
@@ -1251,7 +1256,7 @@ def work(x):
 
 def main(items):
     f = lambda i: _autofork_rt.fork(work, i)
-    squares = {i: _autofork_rt.fork(work, i) for i in items}
+    squares = _autofork_rt.settle({i: _autofork_rt.fork(work, i) for i in items})
     gen = (_autofork_rt.fork(work, i) for i in items)
     with _autofork_rt.Joiner() as _autofork_j1:
         [_autofork_j1.fork(work, i) for i in items]
@@ -1724,3 +1729,120 @@ def main():
     outcome, args, seconds = module.main()
     assert (outcome, args) == ("caught", (3,))
     assert seconds < 0.8  # six calls of 0.2 s ran side by side, not one after another
+
+
+def test_loop_rules() -> None:
+    """Issue 9: a loop joins its value forks too; the containers it fills are registered
+    with its joiner (``into``); reductions whose accumulator the loop does not otherwise
+    read become ``fold``/``then`` steps; a fork's value handed to an unmarked call is
+    unwrapped (a list built in the loop: settled); a comprehension or display of forks
+    given to unmarked code is settled; calls in a lambda or a generator stay lazy."""
+    check(
+        """\
+from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def stores(items, table, out):
+    results, pairs = [], []
+    for item in items:
+        results.append(work(item))
+        value = work(item)
+        pairs.insert(0, (item, value))
+        table[item] = work(item)
+        table.setdefault("all", []).append(work(item))
+        out += [work(item)]
+        rows = [work(i) for i in item]
+        print(value, rows)
+    return results, pairs, table, value
+
+
+def reductions(items, counter, seen, text, busy):
+    total = 0
+    for item in items:
+        total += work(item)
+        counter.update(work(item))
+        seen.add(work(item))
+        text = text + work(item)
+        busy += work(item)
+        if busy:
+            pass
+    return total, counter, seen, text, busy
+
+
+def later(items, klass):
+    for item in items:
+        callbacks = [lambda: work(item)]
+        lazy = (work(i) for i in item)
+    return ",".join([work(1), work(2)]), sum(work(i) for i in items), callbacks, lazy
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def stores(items, table, out):
+    results, pairs = [], []
+    with _autofork_rt.Joiner() as _autofork_j1:
+        for item in items:
+            _autofork_j1.into(results).append(_autofork_j1.fork(work, item))
+            value = _autofork_j1.fork(work, item)
+            _autofork_j1.into(pairs).insert(0, (item, value))
+            _autofork_j1.into(table)[item] = _autofork_j1.fork(work, item)
+            _autofork_j1.into(table.setdefault("all", [])).append(_autofork_j1.fork(work, item))
+            out += _autofork_j1.into(out, [_autofork_j1.fork(work, item)])
+            rows = _autofork_j1.into([_autofork_j1.fork(work, i) for i in item])
+            print(_autofork_rt.unwrap(value), _autofork_rt.settle(rows))
+    return results, pairs, table, value
+
+
+def reductions(items, counter, seen, text, busy):
+    total = 0
+    with _autofork_rt.Joiner() as _autofork_j2:
+        for item in items:
+            total = _autofork_j2.fold(total, '+=', _autofork_j2.fork(work, item))
+            _autofork_j2.then(counter.update, _autofork_j2.fork(work, item))
+            _autofork_j2.then(seen.add, _autofork_j2.fork(work, item))
+            text = _autofork_j2.fold(text, '+', _autofork_j2.fork(work, item))
+            busy += _autofork_j2.fork(work, item)
+            if busy:
+                pass
+    return total, counter, seen, text, busy
+
+
+def later(items, klass):
+    for item in items:
+        callbacks = [lambda: _autofork_rt.fork(work, item)]
+        lazy = (_autofork_rt.fork(work, i) for i in item)
+    return ",".join(_autofork_rt.settle([_autofork_rt.fork(work, 1), _autofork_rt.fork(work, 2)])), sum(_autofork_rt.fork(work, i) for i in items), callbacks, lazy
+""",
+    )
+
+
+def test_a_label_only_mark_called_directly_gets_a_warning_prelude() -> None:
+    """@io_bound/@cpu_bound only label a function for fork(): a direct call gets a warning
+    (once per function, inserted like the generator warnings); fork(f, x) gets nothing."""
+    source = """\
+from autofork import fork, io_bound
+
+@io_bound
+def fetch(url):
+    return url
+
+print(fetch("a"), fetch("b"))
+"""
+    assert needs_rewrite(source, "m", Recorder())
+    rewritten = rewrite(source, "m", Recorder())
+    assert rewritten.count("warn_explicit(") == 1
+    assert "fetch() at line 4 of m is marked only @io_bound" in rewritten
+    assert "@io_bound_fork" in rewritten and 'print(fetch("a"), fetch("b"))' in rewritten
+    assert rewrite(rewritten, "m", Recorder()) == rewritten
+    explicit = source.replace('print(fetch("a"), fetch("b"))', 'print(fork(fetch, "a"))')
+    assert not needs_rewrite(explicit, "m", Recorder())
+    unchanged(explicit)

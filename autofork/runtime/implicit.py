@@ -1,16 +1,23 @@
-"""What rewritten code calls: ``fork`` for a call whose value is used, ``Joiner`` for calls
-whose value is thrown away, ``unwrap`` where a result meets ``is``, ``type()`` or ``id()``.
+"""What rewritten code calls: ``fork`` for a call whose value is used outside loops,
+``Joiner`` for the forks of a loop (or of a ``try``/``with`` body, or of the rest of a
+body whose results are thrown away), ``unwrap``/``settle`` where a result meets code
+that needs the value.
 
 The transformer inserts ``from autofork.runtime import implicit as _autofork_rt`` and::
 
     x = _autofork_rt.fork(f, a)                  # was: x = f(a)
     with _autofork_rt.Joiner() as _autofork_j1:  # around the outermost loop, try or body
         _autofork_j1.fork(g, b)                  # was: g(b)
+        _autofork_j1.into(out).append(_autofork_j1.fork(f, b))   # was: out.append(f(b))
+        acc = _autofork_j1.fold(acc, '+=', _autofork_j1.fork(f, b))  # was: acc += f(b)
     if _autofork_rt.unwrap(x) is None: ...       # was: if x is None: ...
+    json.dumps(_autofork_rt.unwrap(x))           # was: json.dumps(x)
+    xs = _autofork_rt.settle([_autofork_rt.fork(f, i) for i in y])
 
 A Joiner keeps sequential meaning: when its block ends, every call forked through it has
-finished, and the first failure in call order is raised there, as it would have been
-raised sequentially (a note counts the others).
+finished, its reductions are applied in call order, the first failure in call order is
+raised there, as it would have been raised sequentially (a note counts the others), and
+the containers registered with ``into`` hold values in place of proxies.
 """
 
 from __future__ import annotations
