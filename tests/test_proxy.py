@@ -31,6 +31,8 @@ def p(value):
 
 
 class Thing:
+    """A thing with an attribute."""
+
     def __init__(self):
         self.x = 1
 
@@ -174,6 +176,18 @@ def test_isinstance_and_issubclass_through_class():
     assert proxy.__class__ is int
     assert issubclass(proxy.__class__, int)
     assert isinstance(proxy, ResultProxy)  # and it still is what it is
+
+
+def test_doc_and_module_are_the_values():
+    thing = p(Thing())
+    assert thing.__doc__ == "A thing with an attribute."
+    assert thing.__module__ == Thing.__module__ == __name__
+    assert p(len).__doc__ == len.__doc__
+    assert p(len).__module__ == "builtins"
+    # The class itself keeps its own.
+    assert ResultProxy.__doc__.startswith("The lazy result of ``fork``")
+    assert ResultProxy.__module__ == "autofork.runtime.proxy"
+    assert pickle.loads(pickle.dumps(ResultProxy)) is ResultProxy
 
 
 def test_dir_lists_the_value_attributes():

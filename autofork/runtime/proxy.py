@@ -2,7 +2,8 @@
 
 Every use of the value (attributes, calls, items, iteration, comparisons, ``hash``,
 ``bool``, ``str``/``repr``/``format``, numeric conversions, ``with``, ``copy``, ``pickle``,
-``isinstance`` through ``__class__``, ``dir``, ``__index__``/``__fspath__``/``__buffer__``)
+``isinstance`` through ``__class__``, ``dir``, ``__doc__``, ``__module__``,
+``__index__``/``__fspath__``/``__buffer__``)
 waits for the value and forwards to it.  ``repr`` and ``str`` are the value's own, so a
 list of results prints as it did sequentially.  Arithmetic operators with a pending proxy
 on either side do not wait: they return a new proxy whose value is computed as soon as
@@ -125,6 +126,31 @@ class ResultProxy(Generic[T]):
             task.add_done_callback(wake)
             yield from future.__await__()
         return task.result()
+
+
+class _ClassOrValue(str):
+    """``ResultProxy.__doc__`` and ``__module__``: the class's own text when read on the
+    class (a ``str``, so help(), pickle and typing see a true docstring and module), the
+    value's when read on a proxy (a descriptor: ``p.__doc__`` is the value's docstring).
+    """
+
+    def __new__(cls, text: str, name: str) -> "_ClassOrValue":
+        self = super().__new__(cls, text)
+        self.name = name
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (str, (str(self),))  # pickle writes the class's module name: a plain str
+
+    @no_type_check
+    def __get__(self, proxy: Any, owner: Any = None) -> Any:
+        if proxy is None:
+            return str(self)
+        return getattr(_value(proxy), self.name)
+
+
+ResultProxy.__doc__ = _ClassOrValue(ResultProxy.__doc__ or "", "__doc__")
+ResultProxy.__module__ = _ClassOrValue(__name__, "__module__")
 
 
 def _resolve_future(future: Any) -> None:
