@@ -332,3 +332,21 @@ def test_a_new_lambda_in_every_iteration_is_kept_once():
     pool = engine.backend()
     lambdas = [key for key, data in pool._data.items() if b"<lambda>" in data]
     assert len(lambdas) <= 3  # the lambdas of this module's tests, not one per iteration
+
+
+def slow_size_of(data, seconds):
+    time.sleep(seconds)
+    return len(data)
+
+
+@pytest.mark.timeout(60)
+def test_more_queued_large_arguments_than_the_cache_keeps_neither_fail_nor_hang(monkeypatch):
+    from autofork.runtime import processes
+
+    # The budget of 512 MiB scaled down: 2 large arguments fit, 12 wait in the queue.
+    monkeypatch.setattr(processes, "_BLOB_BUDGET", 3 << 20)
+    busy = [fork(slow_size_of, b"", 0.5) for _ in range(8)]  # the workers are taken
+    blobs = [bytes([i]) * (1 << 20) for i in range(12)]  # distinct, each worth caching
+    results = [fork(slow_size_of, blob, 0) for blob in blobs]
+    assert evaluate_all(results) == [1 << 20] * 12
+    assert evaluate_all(busy) == [0] * 8

@@ -396,6 +396,7 @@ class ProcessPool:
             entry = self._queue.popleft()
             task, key, call, blobs, state = entry
             if not task.claim():
+                self._blobs.release(blobs)
                 continue  # a waiting thread took it
             fn_bytes, update = _function_and_globals(worker, key, state, self._data)
             batch.append((id(task), key, fn_bytes, call, type(task) is Chunk,
@@ -432,6 +433,7 @@ class ProcessPool:
         outcomes = pickle.loads(message)
         with self._send_lock:  # the books; the tasks are completed outside the lock
             for entry in outcomes:
+                self._blobs.release(worker.held[entry[0]][3])
                 worker.held_done(entry[0])
             self.busy -= len(outcomes)
         for task_id, ok, outcome, begin, end, written in outcomes:
@@ -468,6 +470,8 @@ class ProcessPool:
         worker.close()
         if not self._killing:
             log.warning("a worker process died (%s); starting another", cause)
+        for entry in (*running, *done, *(later if self._killing else ())):
+            self._blobs.release(entry[3])
         for task, *_ in running:
             task.set_failure(_crash_failure(task, cause, ""))
         for task, *_ in done:
@@ -556,11 +560,15 @@ def _pickle_call(task: Task, args: tuple, blobs: Optional[_Blobs] = None) -> tup
         if not large:
             return dumps((args, kwargs)), ()
         keys = {ident: blobs.key(value) for ident, value in large.items()}  # type: ignore[union-attr]
-        with io.BytesIO() as buffer:
-            pickler = _RefPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-            pickler.refs = keys
-            pickler.dump((args, kwargs))
-            return buffer.getvalue(), tuple(keys.values())
+        try:
+            with io.BytesIO() as buffer:
+                pickler = _RefPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+                pickler.refs = keys
+                pickler.dump((args, kwargs))
+                return buffer.getvalue(), tuple(keys.values())
+        except BaseException:
+            blobs.release(tuple(keys.values()))  # type: ignore[union-attr]  # not queued
+            raise
     except Exception as error:  # noqa: BLE001
         raise unsendable_argument(task, error) from error
 
@@ -599,30 +607,58 @@ class _Blobs:
 
     Kept (with a reference to the value, so that its id stays its own) until
     ``_BLOB_BUDGET`` is passed; then the oldest go, and the workers forget them too.
+    A blob that a call still queued or running refers to (each ``key`` pins it until
+    ``release``) is never dropped: past the budget, the queue's blobs are all kept.
     """
 
     def __init__(self) -> None:
         self._by_id: dict[int, tuple[Any, int]] = {}
         self.data: dict[int, bytes] = {}
+        self._pins: dict[int, int] = {}  # key -> calls queued or running that refer to it
         self._keys = itertools.count()
         self._size = 0
         self._lock = threading.Lock()
 
     def key(self, value: Any) -> int:
-        entry = self._by_id.get(id(value))
-        if entry is not None and entry[0] is value:
-            return entry[1]
+        """The key of ``value``'s blob, pinned for one call (see ``release``)."""
+        with self._lock:
+            entry = self._by_id.get(id(value))
+            if entry is not None and entry[0] is value:
+                self._pins[entry[1]] = self._pins.get(entry[1], 0) + 1
+                return entry[1]
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             key = next(self._keys)
             self._by_id[id(value)] = (value, key)
             self.data[key] = data
+            self._pins[key] = 1
             self._size += len(data)
-            while self._size > _BLOB_BUDGET and len(self._by_id) > 1:
-                ident = next(iter(self._by_id))
-                _, old = self._by_id.pop(ident)
-                self._size -= len(self.data.pop(old))
+            self._evict()
         return key
+
+    def release(self, keys: tuple) -> None:
+        """A call that referred to ``keys`` is answered (or will never be sent)."""
+        if not keys:
+            return
+        with self._lock:
+            for key in keys:
+                left = self._pins.get(key, 0) - 1
+                if left > 0:
+                    self._pins[key] = left
+                else:
+                    self._pins.pop(key, None)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest blobs no call refers to, while over the budget."""
+        if self._size <= _BLOB_BUDGET:
+            return
+        for ident, (_, key) in list(self._by_id.items()):
+            if self._size <= _BLOB_BUDGET or len(self._by_id) <= 1:
+                return
+            if key not in self._pins:
+                del self._by_id[ident]
+                self._size -= len(self.data.pop(key))
 
     def missing(self, known: set[int], keys: tuple) -> Optional[list]:
         """(key, data) of the blobs among ``keys`` that a worker does not hold yet."""
