@@ -65,6 +65,16 @@ def fib(n):
     return n if n < 2 else fib(n - 1) + fib(n - 2)
 '''
 
+_COUNT = '''
+def count_words(seed, size):
+    from collections import Counter
+    counts = Counter()
+    for i in range(size):
+        word = "W%d" % ((seed * 7919 + i * 104729) % 1000)
+        counts[word.lower()] += 1
+    return counts
+'''
+
 _STEP = '''
 def step(state, k):
     for i in range(k):
@@ -127,7 +137,28 @@ def _cases(quick: bool) -> list[tuple[list[str], _Case]]:
             None,  # no one would hand a chain of dependent calls to a pool
             [str(20000 // scale), str(k20)])),
         (["0i"], _Case("primes", "", None, [])),
+        (["0j"], _Case(
+            "counter",
+            _marked("from collections import Counter\n"
+                    "n, size = int(sys.argv[1]), int(sys.argv[2])\ntotal = Counter()\n"
+                    "for seed in range(n):\n    total += count_words(seed, size)\n"
+                    "print(len(total), sum(total.values()), total.most_common(2))", _COUNT),
+            _ppe("from collections import Counter\n"
+                 "n, size = int(sys.argv[1]), int(sys.argv[2])\ntotal = Counter()\n"
+                 "for counts in ex.map(count_words, range(n), [size] * n):\n"
+                 "    total += counts\n"
+                 "print(len(total), sum(total.values()), total.most_common(2))", _COUNT),
+            [str(32 // (4 if quick else 1)), str(w.calibrate(0.1, _count_only))])),
     ]
+
+
+def _count_only(k: int) -> int:
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for i in range(k):
+        counts[("W%d" % ((7919 + i * 104729) % 1000)).lower()] += 1
+    return len(counts)
 
 
 def _step_only(k: int) -> int:
@@ -253,6 +284,7 @@ _ROWS = {
     "0d": ("autofork", ("plain", "autofork")), "0e": ("autofork", ("autofork", "plain")),
     "0f": ("autofork", ("plain", "autofork")), "0g": ("autofork", ("plain", "autofork")),
     "0h": ("autofork", ("autofork", "plain")), "0i": ("autofork", ("plain", "autofork")),
+    "0j": ("autofork", ("plain", "autofork")),
 }
 
 
@@ -277,7 +309,7 @@ def _row(row_id: str, runner: _Runner, scale: float, reps: int) -> Row:
 
 
 def goal_0(quick: bool) -> Iterator[Row]:
-    """Whole processes: the rows 0a to 0i."""
+    """Whole processes: the rows 0a to 0j."""
     folder = Path(tempfile.mkdtemp(prefix="autofork-whole-"))
     try:
         for rows, case in _cases(quick):
