@@ -350,3 +350,14 @@ def test_more_queued_large_arguments_than_the_cache_keeps_neither_fail_nor_hang(
     results = [fork(slow_size_of, blob, 0) for blob in blobs]
     assert evaluate_all(results) == [1 << 20] * 12
     assert evaluate_all(busy) == [0] * 8
+
+
+def test_an_input_that_failed_before_the_call_was_made_fails_the_call_not_the_fork():
+    failed = fork(fail, "input broke")
+    autofork.wait([failed])  # finished (and failed) before it is passed on
+    dependent = fork(add, failed, 1)  # does not raise here
+    in_a_list = fork(len, [failed])
+    lazy = failed + 1
+    for proxy in (dependent, in_a_list, lazy):
+        with pytest.raises(ValueError, match="input broke"):
+            evaluate(proxy)

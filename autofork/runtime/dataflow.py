@@ -29,7 +29,12 @@ def _task_of(obj: Any) -> Task | None:
 
 
 def scan(args: tuple, kwargs: dict) -> tuple[bool, list[Task]]:
-    """(whether any proxy is among the arguments, the tasks of the pending ones)."""
+    """(whether any proxy is among the arguments, the tasks of those not ready).
+
+    Not ready: pending, or failed.  A failed input goes through ``when_ready`` too, so
+    that it fails the call with its failure whether it failed before the call was made
+    or after (it is not raised by the ``fork`` that passes it).
+    """
     found: list[Task] = []
     seen = False
     for value in (*args, *kwargs.values()) if kwargs else args:
@@ -37,7 +42,7 @@ def scan(args: tuple, kwargs: dict) -> tuple[bool, list[Task]]:
         if kind is ResultProxy:
             seen = True
             task = value._autofork_task
-            if task.state != DONE:
+            if task.state != DONE or task.failure is not None:
                 found.append(task)
         elif kind is list or kind is tuple or kind is dict:
             seen = _scan_container(value, found, 2) or seen
@@ -52,7 +57,7 @@ def _scan_container(container: Any, found: list[Task], depth: int) -> bool:
         task = _task_of(value)
         if task is not None:
             seen = True
-            if task.state != DONE:
+            if task.state != DONE or task.failure is not None:
                 found.append(task)
         elif type(value) in (list, tuple, dict):
             seen = _scan_container(value, found, depth - 1) or seen
