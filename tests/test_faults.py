@@ -235,3 +235,34 @@ def test_closing_pools_again_and_again_leaks_no_file_descriptor():
         engine.shutdown()
     configure(workers=2)
     assert open_fds() <= before
+
+
+def brief_or_die(x, die=False):
+    """About 0.3 ms of work, so the pool sends a worker many of these calls at once."""
+    if die:
+        os._exit(7)
+    end = time.perf_counter() + 0.0003
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
+def test_the_calls_a_dead_worker_had_not_begun_run_on_a_replacement():
+    # Learn that brief_or_die is short: the pool then sends it to workers in batches, so
+    # the worker that dies holds calls queued behind the one that kills it.
+    assert [evaluate(r) for r in [fork(brief_or_die, i) for i in range(200)]] == list(range(200))
+    results = [fork(brief_or_die, i, i == 300) for i in range(600)]
+    lost = []
+    for i, result in enumerate(results):
+        if i == 300:
+            with pytest.raises(WorkerCrashed, match="brief_or_die.*exit code 7"):
+                evaluate(result)
+            continue
+        try:
+            assert evaluate(result) == i
+        except WorkerCrashed as crash:
+            # A call the worker had finished but not yet reported may be lost with it;
+            # a call it had not begun must not be.
+            assert i < 300 and "result was lost" in str(crash), (i, crash)
+            lost.append(i)
+    assert len(lost) < 300

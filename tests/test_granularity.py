@@ -37,16 +37,38 @@ def short(x):
     return x, os.getpid()
 
 
-@implicit_fork
-def fib(n):
-    return n if n < 2 else implicit.fork(fib, n - 1) + implicit.fork(fib, n - 2)
-
-
 def test_a_tiny_function_ends_up_running_inline():
     results = [implicit.fork(tiny, i) for i in range(3000)]
     assert evaluate_all(results) == [i + 1 for i in range(3000)]
     assert granularity._functions[tiny].inline
     assert type(implicit.fork(tiny, 1)) is int  # the real value: no proxy, no process
+
+
+def test_once_inline_a_tiny_function_costs_one_call_level(tmp_path):
+    # The README's promise for an inline call: "one Python call level: _autofork_rt.fork(f, x)
+    # then f(x)". Benchmark 3b measures what it costs; here the levels are counted.
+    result = run_script(tmp_path, """
+        import sys
+        from autofork import evaluate_all, implicit_fork
+
+        @implicit_fork
+        def levels(x):
+            frame, depth = sys._getframe(1), 1
+            while frame is not None and frame.f_code.co_name != "caller":
+                frame, depth = frame.f_back, depth + 1
+            return depth if frame is not None else "elsewhere"
+
+        def caller(n):
+            found = []
+            for i in range(n):
+                found.append(levels(i))
+            return evaluate_all(found)
+
+        found = caller(5000)
+        print(sorted(set(found[-1000:]), key=str))
+    """, module=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[2]\n"  # the call site, autofork's fork, the function
 
 
 def test_short_calls_travel_in_chunks_to_workers_and_fail_one_by_one():
@@ -74,10 +96,36 @@ def test_a_joiner_waits_for_chunked_calls_and_raises_the_first_failure():
                 joiner.fork(short, i)
 
 
-def test_recursion_forks_only_while_workers_are_idle():
-    began = time.perf_counter()
-    assert evaluate(fib(18)) == 2584
-    assert time.perf_counter() - began < 30
+def test_recursion_forks_only_while_a_worker_is_idle(tmp_path):
+    result = run_script(tmp_path, """
+        import os, time
+        from autofork import evaluate, evaluate_all, fork, implicit_fork
+
+        def hold(seconds):
+            time.sleep(seconds)
+            return os.getpid()
+
+        @implicit_fork
+        def leaves(n):
+            if n == 0:
+                return [os.getpid()]
+            return leaves(n - 1) + leaves(n - 1)
+
+        @implicit_fork
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        me = os.getpid()
+        busy = [fork(hold, 1.5) for _ in range(2)]  # both workers have work
+        pids = evaluate(leaves(6))
+        print(len(pids), sorted(set(pids) - {me}))  # so every leaf ran here
+        evaluate_all(busy)
+        pids = evaluate(leaves(6))
+        print(len(pids), bool(set(pids) - {me}))  # idle workers took a share
+        print(fib(20))
+    """, module=True, options=("--workers", "2"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "64 []\n64 True\n6765\n"
 
 
 def test_stats_and_trace_report_what_ran_where(tmp_path):

@@ -1,0 +1,166 @@
+"""A mutation check: does the test suite notice when a promised behaviour breaks?
+
+    python tools/mutation.py               # every mutant (about 10-15 minutes on 2 cores)
+    python tools/mutation.py --list        # the mutants and the tests each one runs
+    python tools/mutation.py NAME...       # only these mutants (names or name prefixes)
+
+Each mutant is one deliberate break of autofork, written as a text substitution in one
+file.  The script copies the repository (without .git, virtual environments and caches)
+to a temporary directory once, then for each mutant: applies it to the copy, runs the
+test files that should notice it (``pytest -x``, with the copy first on ``PYTHONPATH``),
+and restores the file.  A mutant is
+
+* caught      when those tests fail (or time out);
+* SURVIVED    when they pass: a behaviour the README promises that no test defends;
+* not applied when its anchor text is no longer in the file exactly once (the code moved:
+  rewrite the mutant), or when the tests could not even run (pytest usage error).
+
+The score is caught / applied.  Not part of the test suite (it runs the suite dozens of
+times): run it by hand after changing the tests or the code they defend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_SKIP = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", "venv*", ".venv",
+                               "build", "dist", "*.egg-info", ".hypothesis")
+_TIMEOUT = 600  # seconds for one mutant's tests: a hang counts as caught
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """Replace ``old`` (which must occur exactly once) by ``new`` in ``path``."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: files, node ids, "-k" expressions
+    what: str
+
+
+MUTANTS = [
+    # -- the process pool ---------------------------------------------------------------
+    Mutant("crash-fails-unbegun", "autofork/runtime/processes.py",
+           "        for entry in reversed(later):\n",
+           "        for task, *_ in later:\n"
+           "            task.set_failure(_crash_failure(task, cause, 'mutant'))\n"
+           "        for entry in reversed([]):\n",
+           ("tests/test_faults.py",),
+           "a dead worker's calls it had not begun are failed instead of re-queued"),
+    # -- granularity -----------------------------------------------------------------
+    Mutant("recursion-always-forks", "autofork/runtime/granularity.py",
+           "    if pool.idle() == 0:\n",
+           "    if False:\n",
+           ("tests/test_granularity.py",),
+           'the recursion rule "fork only while a worker is idle" turned off'),
+    Mutant("tiny-never-inline-set", "autofork/runtime/granularity.py",
+           "        _inline.add(fn)",
+           "        pass",
+           ("tests/test_granularity.py",),
+           "a tiny function is never moved to the inline set (the one-lookup hot path)"),
+    Mutant("tiny-never-inline", "autofork/runtime/granularity.py",
+           "    inline = mean < _INLINE_BELOW\n",
+           "    inline = False\n",
+           ("tests/test_granularity.py",),
+           "a tiny function is never run inline"),
+]
+
+
+def _copy_repository(into: Path) -> Path:
+    target = into / "repo"
+    shutil.copytree(ROOT, target, ignore=_SKIP)
+    return target
+
+
+def _environment(repo: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOFORK")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH", "")]))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _check_imports_the_copy(repo: Path, env: dict[str, str]) -> None:
+    where = subprocess.run([sys.executable, "-c", "import autofork; print(autofork.__file__)"],
+                           cwd=repo, env=env, capture_output=True, text=True, check=True).stdout
+    if not Path(where.strip()).resolve().is_relative_to(repo.resolve()):
+        sys.exit(f"the copy's tests would import autofork from {where.strip()}, not the copy")
+
+
+def _run(mutant: Mutant, repo: Path, env: dict[str, str]) -> tuple[str, float, str]:
+    """(outcome, seconds, last lines of pytest's output) for one mutant."""
+    path = repo / mutant.path
+    if not path.exists():
+        return "not applied", 0.0, f"{mutant.path} does not exist"
+    original = path.read_text()
+    count = original.count(mutant.old)
+    if count != 1:
+        return "not applied", 0.0, f"anchor found {count} times in {mutant.path}"
+    path.write_text(original.replace(mutant.old, mutant.new))
+    began = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             "-p", "no:randomly", *mutant.tests],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return "caught", time.monotonic() - began, f"timed out after {_TIMEOUT} s"
+    finally:
+        path.write_text(original)
+    seconds = time.monotonic() - began
+    lines = done.stdout.strip().splitlines()
+    tail = "\n".join(lines[-3:])
+    if done.returncode == 0:
+        return "SURVIVED", seconds, tail
+    if done.returncode == 1:
+        failed = [line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+        return "caught", seconds, "by " + (", ".join(failed) or tail)
+    return "not applied", seconds, f"pytest exit status {done.returncode}: {tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="run only these mutants (name prefixes)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also say which test caught each mutant")
+    options = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS
+              if not options.names or any(m.name.startswith(n) for n in options.names)]
+    if options.list or not chosen:
+        for mutant in MUTANTS:
+            print(f"{mutant.name:32} {mutant.path}: {mutant.what}\n{'':32} tests: "
+                  f"{' '.join(mutant.tests)}")
+        return 0 if chosen or not options.names else 2
+    outcomes: dict[str, list[str]] = {"caught": [], "SURVIVED": [], "not applied": []}
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="autofork-mutation-") as scratch:
+        repo = _copy_repository(Path(scratch))
+        env = _environment(repo)
+        _check_imports_the_copy(repo, env)
+        for mutant in chosen:
+            outcome, seconds, detail = _run(mutant, repo, env)
+            outcomes[outcome].append(mutant.name)
+            print(f"{outcome:11} {mutant.name:32} {seconds:6.1f} s  {mutant.what}", flush=True)
+            if outcome != "caught" or options.verbose:
+                print("            " + detail.replace("\n", "\n            "), flush=True)
+    applied = len(outcomes["caught"]) + len(outcomes["SURVIVED"])
+    print(f"\n{len(outcomes['caught'])} of {applied} applied mutants caught"
+          f" ({len(outcomes['not applied'])} not applied) in {time.monotonic() - began:.0f} s")
+    if outcomes["SURVIVED"]:
+        print("survived: " + ", ".join(outcomes["SURVIVED"]))
+    return 0 if not outcomes["SURVIVED"] and not outcomes["not applied"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
