@@ -8,20 +8,24 @@ import importlib.util
 import logging
 import marshal
 import os
+import py_compile
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
 import uuid
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Iterator
 
 import pytest
 
 from autofork import importhook
 from autofork.importhook import AutoforkLoader, ImportHook, Rules
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MARKED = """
     from autofork import implicit_fork
@@ -64,6 +68,12 @@ class Modules:
         for loaded in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
             del sys.modules[loaded]
         return importlib.import_module(name)
+
+
+def plain_function(path: Path, name: str) -> CodeType:
+    """The code plain Python compiles for the top-level function ``name`` of ``path``."""
+    plain = compile(path.read_text(), str(path), "exec")
+    return next(c for c in plain.co_consts if getattr(c, "co_name", "") == name)
 
 
 @pytest.fixture
@@ -132,10 +142,14 @@ def test_the_cache_is_a_checked_hash_pyc_and_is_used(modules: Modules, hook: Imp
     assert header[:4] == importlib.util.MAGIC_NUMBER
     assert int.from_bytes(header[4:8], "little") == 0b11  # hash-based, checked
     assert header[8:] == importlib.util.source_hash(path.read_bytes())
+    first = modules.fresh_import(name).caller.__code__
     with caplog.at_level(logging.DEBUG, logger="autofork.importhook"):
         module = modules.fresh_import(name)
     assert f"cache hit {name}" in caplog.text
-    assert module.work(1) == 2  # called plainly, a marked function runs as ever
+    assert isinstance(module.__loader__, AutoforkLoader)
+    cached = module.caller.__code__
+    assert cached.co_code == first.co_code and cached.co_names == first.co_names
+    assert cached.co_code != plain_function(path, "caller").co_code  # the rewrite, cached
 
 
 def test_an_edit_within_the_same_second_is_seen(modules: Modules, hook: ImportHook) -> None:
@@ -159,7 +173,10 @@ def test_a_failed_cache_write_costs_nothing_but_speed(modules: Modules, hook: Im
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     name, path = modules.write("readonly", MARKED)
     (path.parent / "__pycache__").write_text("a file where the directory should be")
-    assert modules.fresh_import(name).work(1) == 2
+    module = modules.fresh_import(name)
+    assert isinstance(module.__loader__, AutoforkLoader)
+    assert module.caller.__code__.co_code != plain_function(path, "caller").co_code
+    assert (path.parent / "__pycache__").read_text() == "a file where the directory should be"
 
 
 def test_a_rewriter_failure_loads_the_module_untransformed_with_a_warning(
@@ -279,9 +296,10 @@ def test_the_cache_across_runs_and_what_invalidates_it(tmp_path: Path) -> None:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # these machines set it; the cache respects it
     env["AUTOFORK_BACKEND"] = "sequential"  # rewritten all the same; no pool to start
 
-    def run() -> tuple[str, str]:
+    def run(autofork_from: Path | None = None) -> tuple[str, str]:
+        changed = {"PYTHONPATH": str(autofork_from)} if autofork_from else {}
         done = subprocess.run([sys.executable, "-m", "autofork", "main.py"], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=60)
+                              env={**env, **changed}, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         hook_log = " ".join(re.findall(r"LOG autofork\.importhook (\w+(?: \w+)?) mid\b", done.stderr))
         return done.stdout.strip(), hook_log
@@ -289,12 +307,17 @@ def test_the_cache_across_runs_and_what_invalidates_it(tmp_path: Path) -> None:
     assert run() == ("([1, 2], -1, 1)", "rewrote")
     [pyc] = (tmp_path / "__pycache__").glob("mid.*.autofork-*.pyc")
     written = pyc.stat().st_mtime_ns
+    old_bytes = pyc.read_bytes()
     assert run() == ("([1, 2], -1, 1)", "cache hit")
     assert pyc.stat().st_mtime_ns == written
 
     source = tmp_path / "mid.py"
-    source.write_text(source.read_text().replace("VALUE = 1", "VALUE = 2"))  # same size
-    assert run() == ("([1, 2], -1, 2)", "rewrote")
+    with open(pyc, "rb") as reader:  # a reader that opened the old file ...
+        source.write_text(source.read_text().replace("VALUE = 1", "VALUE = 2"))  # same size
+        assert run() == ("([1, 2], -1, 2)", "rewrote")
+        assert reader.read() == old_bytes  # ... reads it whole: the new one replaced it
+    assert pyc.read_bytes() != old_bytes
+    assert [p.name for p in pyc.parent.iterdir() if "mid." in p.name] == [pyc.name]  # no temp left
 
     helper = tmp_path / "helper.py"
     helper.write_text(helper.read_text().replace("x - 1", "x - 2"))  # its marks unchanged
@@ -302,3 +325,19 @@ def test_the_cache_across_runs_and_what_invalidates_it(tmp_path: Path) -> None:
 
     helper.write_text(helper.read_text().replace("def other", "@implicit_fork\ndef other"))
     assert run() == ("([1, 2], -2, 2)", "rewrote")
+    assert run() == ("([1, 2], -2, 2)", "cache hit")
+
+    # Another autofork (its rewriter's source changed, its version not): rewrite again.
+    changed = tmp_path / "changed"
+    shutil.copytree(ROOT / "autofork", changed / "autofork",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(changed / "autofork" / "transformer.py", "a") as rewriter:
+        rewriter.write("\n# a change of the rewriter\n")
+    assert run(autofork_from=changed) == ("([1, 2], -2, 2)", "rewrote")
+    assert run(autofork_from=changed) == ("([1, 2], -2, 2)", "cache hit")
+
+    # The dependency's source is deleted (a sourceless helper.pyc stays importable): its
+    # marks are unknown now, so mid's calls of them are no longer rewritten.
+    py_compile.compile(str(helper), cfile=str(tmp_path / "helper.pyc"), doraise=True)
+    helper.unlink()
+    assert run(autofork_from=changed) == ("([1, 2], -2, 2)", "not rewritten")

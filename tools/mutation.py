@@ -74,6 +74,33 @@ MUTANTS = [
            "    inline = False\n",
            ("tests/test_granularity.py",),
            "a tiny function is never run inline"),
+    # -- the import hook's cache ------------------------------------------------------
+    Mutant("cache-ignores-fingerprint", "autofork/importhook.py",
+           "fingerprint != _fingerprint() or ", "",
+           ("tests/test_importhook.py",),
+           "the cache ignores a change of autofork's own fingerprint"),
+    Mutant("cache-deleted-dependency-valid", "autofork/importhook.py",
+           "            if old_marks is not None:\n                return False\n",
+           "            pass\n",
+           ("tests/test_importhook.py",),
+           "the cache treats a deleted dependency as valid"),
+    Mutant("cache-ignores-marks", "autofork/importhook.py",
+           "            if _frozen(found.marks()) != old_marks:\n                return False\n",
+           "            pass\n",
+           ("tests/test_importhook.py",),
+           "the cache ignores a change of a dependency's marks"),
+    Mutant("cache-write-in-place", "autofork/importhook.py",
+           '        with open(temporary, "wb") as file:\n            file.write(blob)\n'
+           "        os.replace(temporary, pyc)\n",
+           '        with open(pyc, "wb") as file:\n            file.write(blob)\n',
+           ("tests/test_importhook.py",),
+           "the cache file is rewritten in place, not replaced atomically"),
+    Mutant("cache-reads-plain-code", "autofork/importhook.py",
+           "            return self._spec(spec, AutoforkLoader(fullname, origin, code=code), pyc)",
+           "            return self._spec(spec, AutoforkLoader(fullname, origin, code=compile("
+           "data, origin, 'exec')), pyc)",
+           ("tests/test_importhook.py",),
+           "a cache hit loads the plain code instead of the cached rewrite"),
 ]
 
 
