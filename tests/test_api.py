@@ -11,8 +11,8 @@ import traceback
 import pytest
 
 import autofork
-from autofork import (FIRST_COMPLETED, ResultProxy, as_completed, evaluate, evaluate_all,
-                      fork, io_bound, scope, unsafe, wait)
+from autofork import (FIRST_COMPLETED, FIRST_EXCEPTION, ResultProxy, as_completed, evaluate,
+                      evaluate_all, fork, io_bound, scope, unsafe, wait)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,6 +42,23 @@ def fail(message):
 
 def add(a, b):
     return a + b
+
+
+@io_bound
+def nap_then_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@io_bound
+def fail_after(seconds, message):
+    time.sleep(seconds)
+    raise ValueError(message)
+
+
+def io_from_a_worker():
+    inner = fork(thread_of)
+    return os.getpid(), threading.get_ident(), evaluate(inner)
 
 
 def test_fork_returns_before_the_call_finishes_and_operators_stay_lazy():
@@ -233,14 +250,67 @@ def test_scope_joins_and_reraises():
 
 
 def test_wait_and_as_completed():
-    slow = fork(sleep_then_return, 0.6, "slow")
-    quick = fork(sleep_then_return, 0.05, "quick")
+    # Threads: no worker start-up (slow on a loaded machine) to reorder the calls.
+    slow = fork(nap_then_return, 0.6, "slow")
+    quick = fork(nap_then_return, 0.05, "quick")
     done, not_done = wait([slow, quick], return_when=FIRST_COMPLETED)
     assert [evaluate(x) for x in done] == ["quick"] and len(not_done) == 1
-    order = [evaluate(x) for x in as_completed([slow, fork(sleep_then_return, 0.05, "q2")])]
+    order = [evaluate(x) for x in as_completed([slow, fork(nap_then_return, 0.05, "q2")])]
     assert order == ["q2", "slow"]
     with pytest.raises(TimeoutError):
-        list(as_completed([fork(sleep_then_return, 1.0, 0)], timeout=0.1))
+        list(as_completed([fork(nap_then_return, 1.0, 0)], timeout=0.1))
+
+
+def test_wait_first_exception_returns_at_the_first_failure():
+    slow = fork(nap_then_return, 3.0, "slow")
+    failing = fork(fail_after, 0.05, "early")
+    began = time.monotonic()
+    done, not_done = wait([slow, failing], return_when=FIRST_EXCEPTION)
+    assert time.monotonic() - began < 2.5  # not after the slow call
+    assert len(done) == 1 and done[0] is failing
+    assert len(not_done) == 1 and not_done[0] is slow
+    with pytest.raises(ValueError, match="early"):
+        evaluate(failing)
+    # Without a failure FIRST_EXCEPTION waits for all, as concurrent.futures does.
+    done, not_done = wait([fork(nap_then_return, 0.1, 1), 2], return_when=FIRST_EXCEPTION)
+    assert sorted(evaluate_all(done)) == [1, 2] and not_done == []
+
+
+def test_wait_with_a_timeout_returns_what_is_done_by_then():
+    slow = fork(nap_then_return, 3.0, "slow")
+    quick = fork(nap_then_return, 0.05, "quick")
+    began = time.monotonic()
+    done, not_done = wait([slow, quick, "not a proxy"], timeout=0.5)
+    assert time.monotonic() - began < 2.5
+    assert [evaluate(x) for x in done] == ["quick", "not a proxy"]  # in the order given
+    assert len(not_done) == 1 and not_done[0] is slow
+
+
+def test_wait_counts_objects_that_are_not_proxies_as_done():
+    marker = object()
+    began = time.monotonic()
+    done, not_done = wait([marker, fork(nap_then_return, 3.0, 0)],
+                          return_when=FIRST_COMPLETED)
+    assert time.monotonic() - began < 2.5
+    assert len(done) == 1 and done[0] is marker and len(not_done) == 1
+    assert wait([]) == ([], []) and wait([1, "a"], timeout=0) == ([1, "a"], [])
+
+
+def test_scope_keeps_the_blocks_own_exception_with_a_note_about_failed_forks():
+    with pytest.raises(KeyError) as info:
+        with scope():
+            fork(fail, "one")
+            fork(fail, "two")
+            fork(sleep_then_return, 0.1, "fine")
+            raise KeyError("the block's own")
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1 and "2 forked calls" in notes[0], notes
+
+
+def test_an_io_fork_inside_a_worker_runs_on_that_workers_threads():
+    pid, task_thread, (io_pid, io_thread) = evaluate(fork(io_from_a_worker))
+    assert pid != os.getpid()  # the outer call ran in a worker process,
+    assert io_pid == pid and io_thread != task_thread  # its I/O fork in a thread there
 
 
 def test_cascading_forks_in_threads_do_not_deadlock_a_full_pool():

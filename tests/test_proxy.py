@@ -120,12 +120,30 @@ def test_binary_and_unary_operators_are_lazy():
                                               7, 7, -6, 6, -7, 6, (1, 2)]
 
 
-def test_matmul_is_lazy():
-    class Matrix:
-        def __matmul__(self, other):
-            return "product"
+class Matrix:
+    def __init__(self, name):
+        self.name = name
 
-    assert fork(later, Matrix(), 0.2) @ 1 == "product"
+    def __matmul__(self, other):
+        return f"{self.name}@{getattr(other, 'name', other)}"
+
+    def __rmatmul__(self, other):
+        return f"{other}@{self.name}"
+
+    def __imatmul__(self, other):
+        return f"{self.name}@={getattr(other, 'name', other)}"
+
+
+def test_matmul_is_lazy():
+    began = time.perf_counter()
+    slow = fork(later, Matrix("a"), 0.5)
+    results = [slow @ 1, 2 @ slow, slow @ Matrix("b")]
+    in_place = slow
+    in_place @= 3
+    assert time.perf_counter() - began < 0.3  # none of them waited for the operand
+    assert all(type(r) is ResultProxy for r in [*results, in_place])
+    assert [evaluate(r) for r in results] == ["a@1", "2@a", "a@b"]
+    assert in_place == "a@=3"
 
 
 def test_in_place_operators_stay_lazy_in_a_loop():

@@ -45,7 +45,9 @@ class Mutant:
     path: str
     old: str
     new: str
-    tests: tuple[str, ...]  # pytest arguments: files, node ids, "-k" expressions
+    # pytest arguments: the test files, with "-k" naming the tests meant to catch it (a
+    # whole file would also count its timing-sensitive tests, flaky on a loaded machine).
+    tests: tuple[str, ...]
     what: str
 
 
@@ -56,51 +58,78 @@ MUTANTS = [
            "        for task, *_ in later:\n"
            "            task.set_failure(_crash_failure(task, cause, 'mutant'))\n"
            "        for entry in reversed([]):\n",
-           ("tests/test_faults.py",),
+           ("tests/test_faults.py", "-k", "crash or dying or dead"),
            "a dead worker's calls it had not begun are failed instead of re-queued"),
     # -- granularity -----------------------------------------------------------------
     Mutant("recursion-always-forks", "autofork/runtime/granularity.py",
            "    if pool.idle() == 0:\n",
            "    if False:\n",
-           ("tests/test_granularity.py",),
+           ("tests/test_granularity.py", "-k", "recursion"),
            'the recursion rule "fork only while a worker is idle" turned off'),
     Mutant("tiny-never-inline-set", "autofork/runtime/granularity.py",
            "        _inline.add(fn)",
            "        pass",
-           ("tests/test_granularity.py",),
+           ("tests/test_granularity.py", "-k", "tiny"),
            "a tiny function is never moved to the inline set (the one-lookup hot path)"),
     Mutant("tiny-never-inline", "autofork/runtime/granularity.py",
            "    inline = mean < _INLINE_BELOW\n",
            "    inline = False\n",
-           ("tests/test_granularity.py",),
+           ("tests/test_granularity.py", "-k", "tiny"),
            "a tiny function is never run inline"),
     # -- the import hook's cache ------------------------------------------------------
     Mutant("cache-ignores-fingerprint", "autofork/importhook.py",
            "fingerprint != _fingerprint() or ", "",
-           ("tests/test_importhook.py",),
+           ("tests/test_importhook.py", "-k", "cache"),
            "the cache ignores a change of autofork's own fingerprint"),
     Mutant("cache-deleted-dependency-valid", "autofork/importhook.py",
            "            if old_marks is not None:\n                return False\n",
            "            pass\n",
-           ("tests/test_importhook.py",),
+           ("tests/test_importhook.py", "-k", "cache"),
            "the cache treats a deleted dependency as valid"),
     Mutant("cache-ignores-marks", "autofork/importhook.py",
            "            if _frozen(found.marks()) != old_marks:\n                return False\n",
            "            pass\n",
-           ("tests/test_importhook.py",),
+           ("tests/test_importhook.py", "-k", "cache"),
            "the cache ignores a change of a dependency's marks"),
     Mutant("cache-write-in-place", "autofork/importhook.py",
            '        with open(temporary, "wb") as file:\n            file.write(blob)\n'
            "        os.replace(temporary, pyc)\n",
            '        with open(pyc, "wb") as file:\n            file.write(blob)\n',
-           ("tests/test_importhook.py",),
+           ("tests/test_importhook.py", "-k", "cache"),
            "the cache file is rewritten in place, not replaced atomically"),
     Mutant("cache-reads-plain-code", "autofork/importhook.py",
            "            return self._spec(spec, AutoforkLoader(fullname, origin, code=code), pyc)",
            "            return self._spec(spec, AutoforkLoader(fullname, origin, code=compile("
            "data, origin, 'exec')), pyc)",
-           ("tests/test_importhook.py",),
+           ("tests/test_importhook.py", "-k", "cache"),
            "a cache hit loads the plain code instead of the cached rewrite"),
+    # -- the explicit API and the proxy ----------------------------------------------
+    Mutant("wait-first-exception-as-all", "autofork/runtime/api.py",
+           "if return_when == FIRST_EXCEPTION and", "if False and",
+           ("tests/test_api.py", "-k", "wait"),
+           "wait(..., return_when=FIRST_EXCEPTION) behaves as ALL_COMPLETED"),
+    Mutant("wait-ignores-timeout", "autofork/runtime/api.py",
+           "        condition.wait_for(reached, timeout)\n",
+           "        condition.wait_for(reached)\n",
+           ("tests/test_api.py", "-k", "wait"),
+           "wait() ignores its timeout"),
+    Mutant("scope-drops-note", "autofork/runtime/api.py",
+           '            add_note(value, _count_note(len(failures), "also failed"))\n',
+           "            pass\n",
+           ("tests/test_api.py", "-k", "scope"),
+           "scope() drops its note when the block itself raised"),
+    Mutant("matmul-waits", "autofork/runtime/proxy.py",
+           "del _name, _function\n",
+           "del _name, _function\n"
+           '_waiting("__matmul__", operator.matmul)\n'
+           '_waiting("__rmatmul__", lambda value, other: other @ value)\n',
+           ("tests/test_proxy.py", "-k", "lazy"),
+           "@ (matmul) waits for its operands"),
+    Mutant("io-fork-in-worker-inline", "autofork/runtime/api.py",
+           'if kind == "unsafe" or kind == "cpu" and worker.IN_WORKER:',
+           'if kind == "unsafe" or kind in ("cpu", "io") and worker.IN_WORKER:',
+           ("tests/test_api.py", "-k", "worker or cascading"),
+           "an I/O fork inside a worker runs inline instead of on the worker's threads"),
 ]
 
 
