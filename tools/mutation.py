@@ -3,6 +3,7 @@
     python tools/mutation.py               # every mutant (about 10-15 minutes on 2 cores)
     python tools/mutation.py --list        # the mutants and the tests each one runs
     python tools/mutation.py NAME...       # only these mutants (names or name prefixes)
+    python tools/mutation.py --anchors     # only check that each mutant still applies
 
 Each mutant is one deliberate break of autofork, written as a text substitution in one
 file.  The script copies the repository (without .git, virtual environments and caches)
@@ -153,6 +154,10 @@ def _check_imports_the_copy(repo: Path, env: dict[str, str]) -> None:
         sys.exit(f"the copy's tests would import autofork from {where.strip()}, not the copy")
 
 
+def _anchor_count(path: Path, anchor: str) -> int:
+    return path.read_text().count(anchor) if path.exists() else 0
+
+
 def _run(mutant: Mutant, repo: Path, env: dict[str, str]) -> tuple[str, float, str]:
     """(outcome, seconds, last lines of pytest's output) for one mutant."""
     path = repo / mutant.path
@@ -188,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="run only these mutants (name prefixes)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--anchors", action="store_true",
+                        help="only check that each mutant's anchor text is still there, once")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also say which test caught each mutant")
     options = parser.parse_args(argv)
@@ -198,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mutant.name:32} {mutant.path}: {mutant.what}\n{'':32} tests: "
                   f"{' '.join(mutant.tests)}")
         return 0 if chosen or not options.names else 2
+    if options.anchors:
+        missing = [m for m in chosen if _anchor_count(ROOT / m.path, m.old) != 1]
+        for mutant in missing:
+            print(f"not applied {mutant.name}: anchor found "
+                  f"{_anchor_count(ROOT / mutant.path, mutant.old)} times in {mutant.path}")
+        print(f"{len(chosen) - len(missing)} of {len(chosen)} mutants apply")
+        return 1 if missing else 0
     outcomes: dict[str, list[str]] = {"caught": [], "SURVIVED": [], "not applied": []}
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="autofork-mutation-") as scratch:
