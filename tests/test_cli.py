@@ -22,7 +22,7 @@ def write(path: Path, text: str) -> Path:
 
 def environment(**changes: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOFORK")}
-    env.update(AUTOFORK_WORKERS="2", **changes)
+    env.update({"AUTOFORK_WORKERS": "2", **changes})
     return env
 
 
@@ -110,20 +110,24 @@ def test_discarded_results_are_all_done_before_the_loop_ends(tmp_path: Path) -> 
         from autofork import implicit_fork
 
         @implicit_fork
-        def write(folder, i):
-            time.sleep(0.05 * (8 - i))  # the first calls finish last
+        def make_file(folder, i):
+            time.sleep(0.1 * (8 - i))  # the first calls finish last
             with open(os.path.join(folder, f"{i}.txt"), "w") as file:
                 file.write(str(os.getpid()))
 
         folder = sys.argv[1]
         for i in range(8):
-            write(folder, i)
+            make_file(folder, i)
         print(sorted(os.listdir(folder)))
+        print(os.getpid())
     """)
     (tmp_path / "out").mkdir()
     done = run(["writer.py", str(tmp_path / "out")], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == str([f"{i}.txt" for i in range(8)]) + "\n"
+    listing, main_pid = done.stdout.splitlines()
+    assert listing == str([f"{i}.txt" for i in range(8)])
+    writers = {(tmp_path / "out" / f"{i}.txt").read_text() for i in range(8)}
+    assert writers - {main_pid}, "no call was forked: the test proves nothing"
 
 
 @pytest.mark.timeout(60)
@@ -342,3 +346,134 @@ def _parallel_capacity(tmp_path: Path) -> float:
     for process in pair:
         process.wait(timeout=60)
     return 2 * alone / (time.perf_counter() - start)
+
+
+# -- the options of a real run, and the environment variables that match them -------------
+
+WHERE = """
+    import json, os, sys, threading, time
+    from autofork import evaluate_all, fork, implicit_fork, io_bound
+
+    @implicit_fork
+    def where(i):
+        time.sleep(0.4)
+        return os.getpid()
+
+    lock = threading.Lock()
+    running = peak = 0
+
+    @io_bound
+    def io(i):
+        global running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.4)
+        with lock:
+            running -= 1
+        return threading.get_ident()
+
+    pids = []
+    for i in range(6):
+        pids.append(where(i))
+    ios = evaluate_all([fork(io, i) for i in range(8)])
+    print(json.dumps({"main": os.getpid(), "pids": [int(p) for p in pids], "peak": peak,
+                      "child_autofork": os.environ.get("AUTOFORK")}))
+"""
+
+
+def _where(tmp_path: Path, options: list[str], **env: str) -> dict:
+    write(tmp_path / "where.py", WHERE)
+    done = run([*options, "where.py"], tmp_path, env=environment(**env))
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    shown["workers"] = set(shown["pids"]) - {shown["main"]}
+    return shown
+
+
+@pytest.mark.timeout(90)
+def test_sequential_runs_every_call_in_the_program_itself(tmp_path: Path) -> None:
+    shown = _where(tmp_path, ["--sequential"])
+    assert shown["workers"] == set() and shown["peak"] == 1
+    assert shown["child_autofork"] == "0"  # the program's own children run sequentially too
+    shown = _where(tmp_path, [], AUTOFORK="0")
+    assert shown["workers"] == set() and shown["peak"] == 1
+    shown = _where(tmp_path, [])
+    assert shown["workers"] and shown["peak"] > 1  # without them: forked
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_workers_and_threads_bound_the_pools(tmp_path: Path, how: str) -> None:
+    def shown_with(workers: int, threads: int) -> dict:
+        if how == "option":
+            return _where(tmp_path, ["--workers", str(workers), "--threads", str(threads)])
+        return _where(tmp_path, [], AUTOFORK_WORKERS=str(workers),
+                      AUTOFORK_THREADS=str(threads))
+
+    few = shown_with(workers=1, threads=2)
+    assert len(few["workers"]) == 1, few
+    assert few["peak"] <= 3, few  # two pool threads, and the caller running a queued call
+    many = shown_with(workers=3, threads=64)
+    assert 2 <= len(many["workers"]) <= 3, many
+    assert many["peak"] >= 5, many
+
+
+LIBRARY = """
+    import threading, time
+    from autofork import io_bound_fork
+
+    @io_bound_fork
+    def where():
+        time.sleep(0.1)
+        return threading.get_ident()
+
+    def caller():
+        found = []
+        for _ in range(4):
+            found.append(where())
+        return [int(ident) for ident in found]
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("place, options, env, rewritten", [
+    ("here", [], {}, True),
+    ("here", ["--exclude", "libmod"], {}, False),
+    ("here", [], {"AUTOFORK_EXCLUDE": "other,libmod"}, False),
+    ("site-packages", [], {}, False),  # a library: left alone by default
+    ("site-packages", ["--include", "libmod"], {}, True),
+    ("site-packages", [], {"AUTOFORK_INCLUDE": "libmod"}, True),
+    ("site-packages", ["--include", "libmod", "--exclude", "libmod"], {}, False),
+])
+def test_include_and_exclude_choose_the_modules_rewritten(
+        tmp_path: Path, place: str, options: list[str], env: dict, rewritten: bool) -> None:
+    directory = tmp_path / place if place != "here" else tmp_path
+    write(directory / "libmod.py", LIBRARY)
+    write(tmp_path / "main.py", """
+        import threading
+        import libmod
+
+        print(any(ident != threading.get_ident() for ident in libmod.caller()))
+    """)
+    done = run([*options, "main.py"], tmp_path,
+               env=environment(PYTHONPATH=str(directory), **env))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{rewritten}\n"
+
+
+@pytest.mark.timeout(90)
+def test_compare_stderr_compares_stderr_too(tmp_path: Path) -> None:
+    write(tmp_path / "says.py", """
+        import os, sys
+
+        print("the same on stdout")
+        print("sequential" if os.environ.get("AUTOFORK") == "0" else "parallel", file=sys.stderr)
+    """)
+    loose = run(["--compare", "--json", "says.py"], tmp_path)
+    assert loose.returncode == 0, loose.stderr
+    assert json.loads(loose.stdout)["same"] is True
+    strict = run(["--compare", "--compare-stderr", "--json", "says.py"], tmp_path)
+    assert strict.returncode == 1
+    assert json.loads(strict.stdout)["differences"] == ["stderr"]
+    assert "-sequential" in strict.stderr and "+parallel" in strict.stderr

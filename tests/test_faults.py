@@ -238,20 +238,27 @@ def test_closing_pools_again_and_again_leaks_no_file_descriptor():
 
 
 def brief_or_die(x, die=False):
-    """About 0.3 ms of work, so the pool sends a worker many of these calls at once."""
     if die:
         os._exit(7)
-    end = time.perf_counter() + 0.0003
-    while time.perf_counter() < end:
-        pass
     return x
 
 
-def test_the_calls_a_dead_worker_had_not_begun_run_on_a_replacement():
-    # Learn that brief_or_die is short: the pool then sends it to workers in batches, so
-    # the worker that dies holds calls queued behind the one that kills it.
+def hold_until(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return path
+
+
+def test_the_calls_a_dead_worker_had_not_begun_run_on_a_replacement(tmp_path):
+    # Learn that brief_or_die is short, then queue 600 calls while both workers are held:
+    # the pool then sends them in batches of many calls, so the worker that dies holds
+    # calls queued behind the one that kills it.
     assert [evaluate(r) for r in [fork(brief_or_die, i) for i in range(200)]] == list(range(200))
+    gate = str(tmp_path / "open")
+    gates = [fork(hold_until, gate) for _ in range(2)]
     results = [fork(brief_or_die, i, i == 300) for i in range(600)]
+    open(gate, "w").close()
+    assert [evaluate(g) for g in gates] == [gate, gate]
     lost = []
     for i, result in enumerate(results):
         if i == 300:
