@@ -456,8 +456,8 @@ def test_include_and_exclude_choose_the_modules_rewritten(
 
         print(any(ident != threading.get_ident() for ident in libmod.caller()))
     """)
-    done = run([*options, "main.py"], tmp_path,
-               env=environment(PYTHONPATH=str(directory), **env))
+    path = os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
+    done = run([*options, "main.py"], tmp_path, env=environment(PYTHONPATH=path, **env))
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{rewritten}\n"
 
@@ -477,3 +477,30 @@ def test_compare_stderr_compares_stderr_too(tmp_path: Path) -> None:
     assert strict.returncode == 1
     assert json.loads(strict.stdout)["differences"] == ["stderr"]
     assert "-sequential" in strict.stderr and "+parallel" in strict.stderr
+
+
+@pytest.mark.timeout(90)
+def test_autofork_start_method_is_honoured_and_checked(tmp_path: Path) -> None:
+    write(tmp_path / "fresh.py", """
+        import os, sys
+        from autofork import evaluate, fork
+
+        MARK = "set by the script"
+
+        def look():
+            main = sys.modules["__main__"]
+            return os.getpid(), getattr(main, "MARK", None)
+
+        pid, mark = evaluate(fork(look))
+        print(pid != os.getpid(), mark)
+    """)
+    for method in ("forkserver", "spawn"):
+        done = run(["fresh.py"], tmp_path, plain=True,
+                   env=environment(AUTOFORK_START_METHOD=method))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "True None\n"  # a fresh interpreter: the script never re-ran
+    done = run(["fresh.py"], tmp_path, plain=True,
+               env=environment(AUTOFORK_START_METHOD="telepathy"))
+    assert done.returncode != 0 and done.stdout == ""
+    assert "AUTOFORK_START_METHOD='telepathy'" in done.stderr
+    assert "forkserver" in done.stderr  # and the values it may take

@@ -344,3 +344,66 @@ def test_without_distributed_the_dask_backend_says_what_to_install(tmp_path):
                           timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "ImportError: the dask backend needs the 'distributed' package: " \
            "pip install 'autofork[dask]'" in done.stdout, done.stderr
+
+
+_LONG_TASKS = """
+    import os, sys, time
+    from pathlib import Path
+    from autofork import evaluate_all, fork
+
+    def slow(i, folder):
+        Path(folder, f"started-{i}").write_text(str(os.getpid()))
+        end = time.time() + 30
+        while time.time() < end and not Path(folder, "stop").exists():
+            time.sleep(0.05)
+        return i
+
+    folder = sys.argv[1]
+    evaluate_all([fork(slow, i, folder) for i in range(6)])
+"""
+
+
+def _our_tasks(dask_scheduler):  # run on the scheduler
+    return sorted(str(key) for key in dask_scheduler.tasks if "slow" in str(key))
+
+
+@pytest.mark.timeout(90)
+def test_one_ctrl_c_cancels_the_programs_tasks_on_the_cluster(cluster, tmp_path):
+    """Configured by AUTOFORK_BACKEND and AUTOFORK_DASK_ADDRESS alone; the two running
+    tasks keep their workers (Dask cannot stop a running task), the four queued never run."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(_LONG_TASKS))
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOFORK")}
+    env.update(PYTHONPATH=str(ROOT), AUTOFORK_BACKEND="dask",
+               AUTOFORK_DASK_ADDRESS=cluster.address)
+    process = subprocess.Popen([sys.executable, "-m", "autofork", str(script), str(folder)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 45
+        while len(list(folder.glob("started-*"))) < 2:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the tasks never started on the cluster"
+            time.sleep(0.05)
+        ran_on = {int(path.read_text()) for path in folder.glob("started-*")}
+        assert ran_on <= set(cluster.worker_pids().values())
+        assert len(cluster.client.run_on_scheduler(_our_tasks)) == 6
+        os.killpg(process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, stderr = process.communicate(timeout=20)
+        assert time.monotonic() - interrupted < 10, "the program waited for its tasks"
+        assert process.returncode == 130, stderr
+        assert "KeyboardInterrupt" in stderr
+        deadline = time.monotonic() + 10
+        while cluster.client.run_on_scheduler(_our_tasks):
+            assert time.monotonic() < deadline, cluster.client.run_on_scheduler(_our_tasks)
+            time.sleep(0.05)
+        time.sleep(0.3)  # had a queued task been handed to a worker, it would show by now
+        assert len(list(folder.glob("started-*"))) == 2
+    finally:
+        (folder / "stop").write_text("")  # the two running tasks end: the workers are free
+        if process.poll() is None:
+            process.kill()
+            process.wait()

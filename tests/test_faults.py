@@ -113,14 +113,17 @@ def test_one_ctrl_c_exits_with_130_and_no_worker_outlives_it(tmp_path, cli):
     time.sleep(0.2)
     # A terminal's Ctrl-C signals the whole foreground process group, workers included.
     os.killpg(process.pid, signal.SIGINT)
-    deadline = time.monotonic() + 1.0
+    interrupted = time.monotonic()
+    # The workers spin for 30 s and ignore SIGINT: only the program can end them. The
+    # SPEC says within 1 s; 2 s leaves room for a loaded machine, not for a wait.
+    while any(_alive(pid) for pid in workers) and time.monotonic() < interrupted + 2.0:
+        time.sleep(0.02)
+    assert not any(_alive(pid) for pid in workers)
     _, stderr = process.communicate(timeout=10)
+    assert time.monotonic() - interrupted < 5.0, "the program took long to stop"
     # Plain python dies of the re-raised SIGINT (a shell shows status 130); the CLI exits 130.
     assert process.returncode == (130 if cli else -signal.SIGINT), stderr
     assert "KeyboardInterrupt" in stderr
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not any(_alive(pid) for pid in workers)
 
 
 def test_killing_the_parent_leaves_no_worker_behind(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import traceback
 
@@ -128,11 +129,21 @@ def test_recursion_forks_only_while_a_worker_is_idle(tmp_path):
     assert result.stdout == "64 []\n64 True\n6765\n"
 
 
+def _stats_row(stderr: str, name: str) -> tuple[int, int, dict[str, int]]:
+    """(calls, inline, {place: calls}) of ``name`` in the --stats table."""
+    [row] = [line for line in stderr.splitlines() if line.split()[:1] == [name]]
+    place = r"[a-z]+(?: [a-z]+)* \d+"
+    found = re.match(rf"{name}\s+(\d+)\s+(\d+)\s+({place}(?:, {place})*|-)\s", row)
+    assert found, row
+    places = {place.rpartition(" ")[0]: int(place.rpartition(" ")[2])
+              for place in found[3].split(", ") if place != "-"}
+    return int(found[1]), int(found[2]), places
+
+
 def test_stats_and_trace_report_what_ran_where(tmp_path):
     result = run_script(tmp_path, """
         import time
         from autofork import implicit_fork
-        from autofork.runtime import implicit
 
         @implicit_fork
         def work(x):
@@ -143,17 +154,47 @@ def test_stats_and_trace_report_what_ran_where(tmp_path):
         def small(x):
             return x * 2
 
-        print(sum(implicit.fork(work, i) for i in range(6)))
-        print(sum(implicit.fork(small, i) for i in range(2000)))
+        results = []
+        for i in range(6):
+            results.append(work(i))
+        print(sum(results))
+        doubled = []
+        for i in range(2000):
+            doubled.append(small(i))
+        print(sum(doubled))
     """, module=True, options=("--stats", "--trace", str(tmp_path / "trace.json")))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "15\n3998000\n"
-    assert "work" in result.stderr and "small" in result.stderr
-    assert "ran it inline" in result.stderr  # the plain warning about the tiny function
+    assert _stats_row(result.stderr, "work") == (6, 0, {"process": 6})
+    calls, inline, places = _stats_row(result.stderr, "small")
+    assert calls == 2000 and inline > 0 and inline + sum(places.values()) == 2000, result.stderr
+    # the plain warning about the tiny function, with the same count
+    assert f"autofork ran it inline ({inline} of 2000 calls)" in result.stderr
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     tasks = [e for e in events if e.get("ph") == "X" and e["name"].endswith("work")]
     assert len(tasks) == 6
     assert all(e["dur"] >= 40_000 and e["pid"] != 0 for e in tasks)
+
+
+def test_configure_stats_and_trace_in_the_program_itself(tmp_path):
+    trace = tmp_path / "trace.json"
+    result = run_script(tmp_path, f"""
+        import os, time
+        from autofork import configure, evaluate_all, fork
+
+        def nap(x):
+            time.sleep(0.05)
+            return os.getpid()
+
+        configure(stats=True, trace={str(trace)!r})
+        pids = evaluate_all([fork(nap, i) for i in range(4)])
+        print(len(pids))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "4\n"
+    assert _stats_row(result.stderr, "nap") == (4, 0, {"process": 4})
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert len([e for e in events if e.get("ph") == "X" and e["name"].endswith("nap")]) == 4
 
 
 def test_a_rewritten_recursion_runs_as_plain_code_in_the_workers(tmp_path):

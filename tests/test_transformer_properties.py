@@ -2,7 +2,8 @@
 
 - Text the rewriter has nothing to do in comes back byte for byte, also through the
   libcst pass (forced by a resolver that marks a name nobody calls).
-- A generated program and its rewrite compute the same results with the real runtime.
+- A generated program and its rewrite compute the same results with the real runtime,
+  and the same ``try`` and ``with`` blocks see the exceptions of forked calls.
 - Every .py of the stdlib's json, email and asyncio packages and of this repo, with every
   def marked, rewrites to code that compiles, keeps each function's first line, and
   rewrites to itself again.
@@ -126,6 +127,24 @@ def work(x):
     return None if x % 3 == 0 else x * 2
 
 
+@io_bound_fork
+def check(x):
+    if x % 4 == 0:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+class noting:
+    """Records the exception its block raised, and suppresses a ValueError."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        RESULTS.append(("with saw", None if value is None else str(value)))
+        return kind is not None and issubclass(kind, ValueError)
+
+
 def ctx():
     return contextlib.nullcontext()
 '''
@@ -141,6 +160,12 @@ STATEMENTS = [
     "if work({n}) is None:\n\tRESULTS.append('none')",
     "RESULTS.append(type(work({n})).__name__)",
     "w = work({n}) or 'falsy'\nRESULTS.append(w is None)",
+    # Calls that may raise, where sequentially a try or a with sees it: the try/with rule.
+    "try:\n\tcheck({n})\nexcept ValueError as e:\n\tRESULTS.append(('caught', str(e)))",
+    "try:\n\tfor i in range(3):\n\t\tcheck(i + {n})\nexcept ValueError as e:\n"
+    "\tRESULTS.append(('caught', str(e)))",
+    "with noting():\n\tcheck({n})",
+    "with noting():\n\tfor i in range(2):\n\t\tcheck(i + {n})",
 ]
 COMPOUND = ["for i in range(2):", "if {n} % 2:", "with ctx():", "try:", "while False:"]
 
@@ -171,10 +196,15 @@ def programs(draw: Any) -> str:
     return text.replace("\t", "    ")
 
 
-def run(code: types.CodeType) -> tuple[str, list[Any]]:
+def run(code: types.CodeType) -> tuple[str, list[Any], Optional[str]]:
+    """What the program appended, the calls of ``work`` it made, what escaped it."""
     namespace: dict[str, Any] = {"__name__": "generated_program"}
-    exec(code, namespace)
-    return repr(namespace["RESULTS"]), sorted(namespace["LOG"])
+    escaped = None
+    try:
+        exec(code, namespace)
+    except Exception as error:  # noqa: BLE001 - compared: the rewrite must let out the same
+        escaped = f"{type(error).__name__}: {error}"
+    return repr(namespace["RESULTS"]), sorted(namespace["LOG"]), escaped
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -70,7 +70,8 @@ def _from_environment() -> Settings:
     if env.get("AUTOFORK_DASK_ADDRESS"):
         changes["address"] = env["AUTOFORK_DASK_ADDRESS"]
     if env.get("AUTOFORK_START_METHOD"):
-        changes["start_method"] = _check_start_method(env["AUTOFORK_START_METHOD"])
+        changes["start_method"] = _check_start_method(env["AUTOFORK_START_METHOD"],
+                                                      "AUTOFORK_START_METHOD")
     if env.get("AUTOFORK", "1").strip().lower() in ("0", "false", "no", "off"):
         changes["backend"] = "sequential"
     return base._replace(**changes)
@@ -82,9 +83,9 @@ def _check_backend(name: str, where: str = "backend") -> str:
     return name
 
 
-def _check_start_method(name: str) -> str:
+def _check_start_method(name: str, where: str = "start_method") -> str:
     if name not in _START_METHODS:
-        raise ValueError(f"start_method={name!r}: choose one of {', '.join(_START_METHODS)}")
+        raise ValueError(f"{where}={name!r}: choose one of {', '.join(_START_METHODS)}")
     return name
 
 
