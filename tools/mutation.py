@@ -77,6 +77,12 @@ MUTANTS = [
            "    inline = False\n",
            ("tests/test_granularity.py", "-k", "tiny"),
            "a tiny function is never run inline"),
+    Mutant("completion-recursive", "autofork/runtime/task.py",
+           "    if queue is not None:\n        queue.append((callback, task))\n        return\n",
+           "",
+           ("tests/test_proxy.py", "-k", "running_total"),
+           "a finished task completes the tasks waiting on it recursively (a long chain of "
+           "lazy additions overflows the stack)"),
     # -- the import hook's cache ------------------------------------------------------
     Mutant("cache-ignores-fingerprint", "autofork/importhook.py",
            "fingerprint != _fingerprint() or ", "",
