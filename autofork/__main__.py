@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from autofork import _phases
 from autofork._clirun import Options
@@ -181,7 +181,7 @@ def _export(name: str, patterns: tuple[str, ...]) -> None:
 
 
 def _configure(options: Options) -> None:
-    settings = {
+    settings: dict[str, Any] = {
         "workers": options.workers, "threads": options.threads, "backend": options.backend,
         "address": options.address, "trace": options.trace,
         "stats": True if options.stats else None,

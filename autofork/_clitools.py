@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib.util
 import json
@@ -13,6 +12,7 @@ import time
 from typing import Any
 
 from autofork import importhook
+from autofork._clirun import Options
 
 
 def _module_name(path: str) -> tuple[str, str, str]:
@@ -56,7 +56,7 @@ def diff(files: list[str]) -> int:
     return status
 
 
-def _passed_on(options: argparse.Namespace) -> list[str]:
+def _passed_on(options: Options) -> list[str]:
     """The options of this command line that each run gets too."""
     args: list[str] = []
     for name in ("workers", "threads", "backend", "address"):
@@ -86,7 +86,7 @@ def _show_diff(what: str, sequential: bytes, parallel: bytes) -> None:
         sys.stderr.write(line if line.endswith("\n") else line + "\n")
 
 
-def compare(options: argparse.Namespace, target: list[str]) -> int:
+def compare(options: Options, target: list[str]) -> int:
     """Run the program sequentially, then in parallel; 0 when they behave the same.
 
     Both runs get no stdin.  ``AUTOFORK`` is set to 0 for the first and removed for the
@@ -123,7 +123,7 @@ def compare(options: argparse.Namespace, target: list[str]) -> int:
     return 1 if differences else 0
 
 
-def _show_outputs(options: argparse.Namespace, seq: subprocess.CompletedProcess[bytes],
+def _show_outputs(options: Options, seq: subprocess.CompletedProcess[bytes],
                   par: subprocess.CompletedProcess[bytes], differences: list[str]) -> None:
     if "stdout" in differences:
         _show_diff("stdout", seq.stdout, par.stdout)

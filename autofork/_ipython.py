@@ -261,7 +261,7 @@ def _show_last_value(original: ast.Module, tree: ast.Module) -> None:
         return
     last = original.body[-1]
     holder, node = tree.body, tree.body[-1]
-    while _is_joiner_with(node) and node.body:
+    while isinstance(node, ast.With) and _is_joiner_with(node) and node.body:
         holder, node = node.body, node.body[-1]
     if not isinstance(node, ast.Expr) or node.lineno != last.lineno:
         return

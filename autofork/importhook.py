@@ -465,7 +465,7 @@ def _read_cache(pyc: str, data: bytes, source_path: str, search_path: Sequence[s
         return None
     # The cache may have been written when the file had another name (a moved tree), as
     # for a normal pyc: the code reports the file it is loaded from.
-    _imp._fix_co_filename(code, source_path)
+    _imp._fix_co_filename(code, source_path)  # type: ignore[attr-defined]  # as importlib does
     return code, dependencies
 
 

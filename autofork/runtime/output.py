@@ -379,9 +379,9 @@ def capture_in_worker() -> None:
     root.setLevel(1)  # every record goes: the caller's levels decide
     # Every warning shown goes (the caller's filters and registries decide whether it is
     # shown there); "error" and "ignore" from the program's -W options stay as they are.
-    warnings.filters[:] = [(_ALWAYS.get(action, action), *rest)
-                           for action, *rest in warnings.filters]  # type: ignore[misc]
-    warnings.defaultaction = _ALWAYS.get(warnings.defaultaction, warnings.defaultaction)  # type: ignore[assignment]
+    warnings.filters[:] = [  # type: ignore[index]  # typeshed: a Sequence; it is a list
+        (_ALWAYS.get(action, action), *rest) for action, *rest in warnings.filters]
+    warnings.defaultaction = _ALWAYS.get(warnings.defaultaction, warnings.defaultaction)  # type: ignore[attr-defined]
     getattr(warnings, "_filters_mutated", lambda: None)()  # the C module caches them
     warnings.showwarning = _show_warning
 

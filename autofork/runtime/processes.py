@@ -196,7 +196,8 @@ class ProcessPool:
 
     def __init__(self, workers: int) -> None:
         self.size = workers
-        self._queue: deque[tuple[Task, int, bytes, tuple]] = deque()  # task, fn key, call, blobs
+        # task, fn key, call, blob keys, state of the function's globals (freshness)
+        self._queue: deque[tuple[Task, int, bytes, tuple, Optional[tuple]]] = deque()
         self._blobs = _Blobs()
         self._workers: dict[Connection, _Worker] = {}
         self._functions = _FunctionCache()

@@ -134,6 +134,8 @@ class _ClassOrValue(str):
     value's when read on a proxy (a descriptor: ``p.__doc__`` is the value's docstring).
     """
 
+    name: str
+
     def __new__(cls, text: str, name: str) -> "_ClassOrValue":
         self = super().__new__(cls, text)
         self.name = name

@@ -95,7 +95,8 @@ class Task:
             if self.seq < 0:
                 value = fn(*args, **kwargs)
             else:
-                self.output = captured = []
+                captured: list = []
+                self.output = captured
                 value = output.run_captured(fn, args, kwargs, captured)
         except BaseException as exc:  # noqa: BLE001 - every failure is the caller's to see
             self.set_failure(Failure.local(exc, skip=1))
