@@ -94,7 +94,7 @@ import importlib.util
 import re
 import types
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence,
-                    Union)
+                    Union, cast)
 
 if TYPE_CHECKING:
     import libcst as cst
@@ -275,7 +275,7 @@ def _scan_marks(tree: ast.Module) -> tuple[dict[str, str], dict[str, int]]:
     marked: dict[str, str] = {}
     generators: dict[str, int] = {}
     for name, nodes in bindings.items():
-        kinds = set()
+        kinds: set[Optional[str]] = set()
         for node in nodes:
             kind = None
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -284,8 +284,9 @@ def _scan_marks(tree: ast.Module) -> tuple[dict[str, str], dict[str, int]]:
                     generators[name] = node.lineno
                     kind = None
             kinds.add(kind)
-        if len(kinds) == 1 and None not in kinds:
-            marked[name] = kinds.pop()
+        only = kinds.pop() if len(kinds) == 1 else None
+        if only is not None:
+            marked[name] = only
     return marked, generators
 
 
@@ -1272,7 +1273,7 @@ class _ScopeWalker:
             self.scope.stars.append(module or "")
             self.scopes.star_order = max(self.scopes.star_order, self.region.top)
             return
-        for alias in node.names:
+        for alias in cast("Sequence[cst.ImportAlias]", node.names):  # not ImportStar (above)
             name = _dotted(alias.name)
             local = alias.asname.name.value if (alias.asname is not None and isinstance(
                 alias.asname.name, c.Name)) else name
@@ -1991,7 +1992,8 @@ class _Rewriter:
             return node
         base = _cst.CSTNode
         changes: dict[str, Any] = {}
-        for name in _child_fields(type(node)):
+        kind: type = type(node)
+        for name in _child_fields(kind):
             value = getattr(node, name)
             if isinstance(value, base):
                 new = self.rebuild(value)
@@ -2043,7 +2045,8 @@ class _Rewriter:
             return new
         joiner, op, acc = fold
         return new.with_changes(value=self._invoke(joiner, "fold", _cst.Name(acc),
-                                                   _cst.SimpleString(repr(op)), new.value.right))
+                                                   _cst.SimpleString(repr(op)),
+                                                   cast("cst.BinaryOperation", new.value).right))
 
     def _attr(self, owner: str, attr: str) -> cst.Attribute:
         c = _cst
@@ -2220,8 +2223,9 @@ def _labels_of(scopes: Scopes, binding: Binding) -> str:
     """The label of a def marked with labels only ("" for anything else)."""
     if not isinstance(binding, Def):
         return ""
-    words = {scopes.mark_of(d.decorator, binding.scope) for d in binding.node.decorators} - {None}
-    return min(words) if words and words <= _LABELS else ""  # type: ignore[type-var]
+    words = {word for d in binding.node.decorators
+             if (word := scopes.mark_of(d.decorator, binding.scope)) is not None}
+    return min(words) if words and words <= _LABELS else ""
 
 
 def _generator_warnings(scopes: Scopes, source: str,
@@ -2272,7 +2276,8 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
         # parse of most such modules.  (With marks, the libcst pass decides alone.)
         if "import" not in source:
             return source
-        tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+        tree = cast(ast.Module, compile(source, filename, "exec", ast.PyCF_ONLY_AST,
+                                        dont_inherit=True))
         if not (_needs_rewrite_tree(tree, False, module_name, resolve, package)
                 or _contains_label(source) and _ast_calls_label_only(tree)):
             return source
@@ -2531,7 +2536,8 @@ def parse_rewritten(original: str, rewritten: str, filename: str) -> ast.Module:
     What ``compile_rewritten`` compiles; for callers that compile the tree themselves
     (IPython runs a cell's statements one by one).
     """
-    tree = compile(rewritten, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    tree = cast(ast.Module, compile(rewritten, filename, "exec", ast.PyCF_ONLY_AST,
+                                    dont_inherit=True))
     if original != rewritten:
         _remap_positions(tree, original, rewritten)
     return tree
@@ -2549,7 +2555,7 @@ def _remap_positions(tree: ast.AST, original: str, rewritten: str) -> None:
     fields = _POSITIONED_FIELDS
     stack: list[ast.AST] = [tree]
     while stack:   # ast.walk, inlined: this loop runs once per node of the module
-        node = stack.pop()
+        node: Any = stack.pop()  # positions are read with getattr: not every node has them
         kind = type(node)
         names = fields.get(kind)
         if names is None:
