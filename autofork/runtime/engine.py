@@ -176,6 +176,7 @@ def _at_exit() -> None:
     global _failed_at_exit
     if _interrupted:
         shutdown(kill=True)
+        output.flush(force=True)  # what the program wrote behind the forks it abandoned
         return
     began = time.perf_counter()
     try:
