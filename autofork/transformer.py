@@ -1453,6 +1453,7 @@ class _Collection:
     path: tuple[cst.CSTNode, ...]     # from the module to ``node``
     call: Optional[cst.Call]          # the call it is a direct argument of
     statement: bool                   # a whole expression statement (its value is dropped)
+    assigned: bool = False            # a display that is the value of an assignment
 
 
 @dataclasses.dataclass
@@ -1520,6 +1521,11 @@ class _FlowRecorder(_CallRecorder):
                 self._store("subscript", node, target.target.value, (node.value,),
                             (target, target.target, target.target.value))
         value = node.value
+        if isinstance(value, (c.List, c.Tuple, c.Set, c.Dict)):
+            region = self.region
+            self.collections.append(_Collection(
+                value, self.scope, region, region.loops[0] if region.loops else None,
+                (*self.path, value), None, False, assigned=True))
         if (len(node.targets) == 1 and isinstance(node.targets[0].target, c.Name)
                 and isinstance(value, c.BinaryOperation) and isinstance(value.left, c.Name)
                 and value.left.value == node.targets[0].target.value and not value.lpar):
@@ -1737,6 +1743,7 @@ class _Flow:
         self.scopes = plan.scopes
         self.carriers: set[tuple[int, str]] = set()
         self.fills: set[int] = set()       # ids of fill calls: their arguments stay proxies
+        self.filled: dict[int, set[str]] = {}  # id(loop) -> the names of containers it fills
         self.kept: set[int] = set()        # ids of collections already registered
         self._counts: dict[int, dict[str, int]] = {}
         # Forks of a marked ``async def``: their proxies are awaited, never waited for.
@@ -1779,7 +1786,7 @@ class _Flow:
         """Whether a fork's value may be found in ``expression``'s value (at any depth)."""
         c = _cst
         rewrites = self.plan.rewrites
-        for node in _subtree(expression):
+        for node in _subtree(expression, later=False):
             if isinstance(node, c.Call) and id(node) in rewrites and id(node) not in self.awaited:
                 return True
             if isinstance(node, c.Name):
@@ -1863,6 +1870,8 @@ class _Flow:
             values = store.values
             if not any(self.carries(v, store.scope) for v in values):
                 continue
+            if isinstance(store.receiver, c.Name) and store.loop is not None:
+                self.filled.setdefault(id(store.loop), set()).add(store.receiver.value)
             if store.kind == "call":
                 method = store.node.func.attr.value  # type: ignore[attr-defined]
                 if method in _THEN_METHODS and len(values) == 1 and self.fork_valued(values[0], store.scope):
@@ -1890,12 +1899,14 @@ class _Flow:
             if call is not None and (id(call) in plan.rewrites or id(call) in self.fills):
                 continue   # dataflow into a fork; or kept by a fill
             joiner = self._joiner(item) if call is None else None
-            if joiner is not None:
+            display = isinstance(node, (_cst.List, _cst.Tuple, _cst.Set, _cst.Dict))
+            if joiner is not None and not isinstance(node, _cst.Tuple):
                 plan.wraps[id(node)] = (joiner, "into", None)
-            elif call is not None or not isinstance(node, (_cst.List, _cst.Tuple, _cst.Set, _cst.Dict)):
+            elif joiner is None and (call is not None or not display or item.assigned):
+                # pair = (x, f(x)) outside a loop: values now (all its forks started).
                 plan.wraps[id(node)] = (None, "settle", None)
             else:
-                continue
+                continue   # a tuple in a loop, kept as it is: waiting would serialize it
             plan.dirty.update(map(id, item.path))
 
     def _arguments(self) -> None:
@@ -1911,8 +1922,11 @@ class _Flow:
                 else:
                     plan.wraps[id(value)] = (None, "unwrap", None)
             elif (isinstance(value, c.Name) and argument.loop is not None
-                  and self._joiner(argument) is not None and self._carrier(value, argument.scope)):
-                # rows = [f(x) for x in batch]; use(rows) in the same loop: values now.
+                  and self._joiner(argument) is not None
+                  and (self._carrier(value, argument.scope)
+                       or value.value in self.filled.get(id(argument.loop), ()))):
+                # rows = [f(x) for x in batch]; use(rows) in the same loop, or a list the
+                # loop fills read by a call in it: values now.
                 plan.wraps[id(value)] = (None, "settle", None)
             else:
                 continue
@@ -1934,14 +1948,17 @@ def _result_parts(expression: cst.BaseExpression) -> list[cst.BaseExpression]:
     return []
 
 
-def _subtree(node: cst.CSTNode) -> Iterable[cst.CSTNode]:
-    """``node`` and every node below it, except attribute and keyword names."""
+def _subtree(node: cst.CSTNode, later: bool = True) -> Iterable[cst.CSTNode]:
+    """``node`` and every node below it, except attribute and keyword names (and, unless
+    ``later``, what lambdas and generator expressions below it compute later)."""
     c = _cst
     base = c.CSTNode
     stack = [node]
     while stack:
         node = stack.pop()
         yield node
+        if not later and isinstance(node, (c.Lambda, c.GeneratorExp)):
+            continue
         if isinstance(node, c.Attribute):
             stack.append(node.value)
             continue
@@ -2023,6 +2040,9 @@ class _Rewriter:
 
     def _wrap(self, node: Any, owner: Optional[str], method: str,
               first: Optional[cst.BaseExpression]) -> cst.Call:
+        c = _cst
+        if isinstance(node, c.Tuple) and not node.lpar:   # a, b -> settle((a, b))
+            node = node.with_changes(lpar=(c.LeftParen(),), rpar=(c.RightParen(),))
         if first is None:
             return self._invoke(owner, method, node)
         return self._invoke(owner, method, first.deep_clone(), node)

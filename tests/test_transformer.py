@@ -977,7 +977,7 @@ import pkg.sub
 import pkg.sub as ps
 
 def main(x):
-    r = [_autofork_rt.fork(work, x), _autofork_rt.fork(w, x), _autofork_rt.fork(helpers.work, x), _autofork_rt.fork(h.work, x), _autofork_rt.fork(pkg.sub.task, x), _autofork_rt.fork(ps.task, x)]
+    r = _autofork_rt.settle([_autofork_rt.fork(work, x), _autofork_rt.fork(w, x), _autofork_rt.fork(helpers.work, x), _autofork_rt.fork(h.work, x), _autofork_rt.fork(pkg.sub.task, x), _autofork_rt.fork(ps.task, x)])
     plain(x)
     helpers.plain(x)
     return r
@@ -1858,3 +1858,50 @@ print(fetch("a"), fetch("b"))
     explicit = source.replace('print(fetch("a"), fetch("b"))', 'print(fork(fetch, "a"))')
     assert not needs_rewrite(explicit, "m", Recorder())
     unchanged(explicit)
+
+
+def test_displays_and_lists_read_in_their_loop() -> None:
+    """A display of forks bound to a name outside a loop is settled there (a bare tuple
+    gets parentheses); in a loop a tuple is left alone (waiting would serialize the
+    loop); a list the loop fills, handed to an unmarked call in the loop, is settled."""
+    check(
+        """\
+import json
+from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def main(items):
+    pair = (1, work(1))
+    a, b = work(2), work(3)
+    results = []
+    for item in items:
+        results.append(work(item))
+        pair = (item, work(item))
+        print(json.dumps(results))
+    return pair, a, b
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; import json
+from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def main(items):
+    pair = _autofork_rt.settle((1, _autofork_rt.fork(work, 1)))
+    a, b = _autofork_rt.settle((_autofork_rt.fork(work, 2), _autofork_rt.fork(work, 3)))
+    results = []
+    with _autofork_rt.Joiner() as _autofork_j1:
+        for item in items:
+            _autofork_j1.into(results).append(_autofork_j1.fork(work, item))
+            pair = (item, _autofork_j1.fork(work, item))
+            print(json.dumps(_autofork_rt.settle(results)))
+    return pair, a, b
+""",
+    )

@@ -30,6 +30,8 @@ for i in range(4):
     nums += [num(i)]
     value = real(i)
     reals.extend([value])
+    if i == 3:
+        print("read in the loop that fills it:", __import__("json").dumps(nums))
 show("same lists", lambda: (id(words), id(nums), id(reals)) == before)
 uses_of_lists(words, nums, reals)
 table = {}
@@ -38,3 +40,7 @@ for i in range(4):
 show("dict json", lambda: __import__("json").dumps(table))
 show("dict values numpy", lambda: str(__import__("numpy").array(list(table.values())).dtype))
 show("last value", lambda: __import__("json").dumps(value))
+pair = (1, num(1))
+first, second = num(2), num(3)
+show("display bound to a name", lambda: __import__("json").dumps(pair))
+show("unpacked results", lambda: __import__("json").dumps([first, second]))

@@ -14,15 +14,18 @@ def num(i):
 
 
 def helper(i):
-    return num(i)          # a result returned from a function stays a proxy
+    return num(i)          # a result returned from an unmarked function stays a proxy
 
 
-pair = (1, num(1))         # a tuple (or list) display of results, bound to a name
-show("display bound to a name", lambda: json.dumps(pair))
+class Box:
+    pass
+
+
+box = Box()
+box.value = num(1)         # a result stored in an attribute ...
+table = {}
+table["k"] = num(2)        # ... or in a container, outside any loop
 show("result returned by a function", lambda: json.dumps(helper(2)))
 show("generator of results", lambda: json.dumps(list(num(i) for i in range(3))))
-results = []
-for i in range(3):
-    results.append(num(i))
-    if i == 2:
-        show("list read inside the loop that fills it", lambda: json.dumps(results))
+show("result stored in an attribute", lambda: json.dumps(box.value))
+show("result stored in a dict outside a loop", lambda: json.dumps(table))
