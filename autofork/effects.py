@@ -144,9 +144,27 @@ class _Owner:
 
 def _root(expression: cst.BaseExpression) -> Optional[cst.Name]:
     """``a`` of ``a``, ``a.b[c].d``; None when the chain starts elsewhere (a call, a literal)."""
-    while isinstance(expression, (cst.Attribute, cst.Subscript)):
+    while True:
+        expression = _registered(expression)
+        if not isinstance(expression, (cst.Attribute, cst.Subscript)):
+            break
         expression = expression.value
     return expression if isinstance(expression, cst.Name) else None
+
+
+def _rewritten(node: cst.BaseExpression, method: str) -> bool:
+    """Whether ``node`` is ``_autofork_<joiner>.<method>(...)``, put in by an earlier rewrite."""
+    return (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value == method and isinstance(node.func.value, cst.Name)
+            and node.func.value.value.startswith("_autofork_") and len(node.args) >= 1)
+
+
+def _registered(expression: cst.BaseExpression) -> cst.BaseExpression:
+    """``c`` of ``_autofork_j1.into(c)`` (a loop's container, in rewritten code), so that
+    rewriting rewritten code sees the same writes; any other expression as it is."""
+    while _rewritten(expression, "into"):
+        expression = expression.args[0].value  # type: ignore[attr-defined]
+    return expression
 
 
 def _qualname(definition: Def) -> str:
@@ -194,6 +212,7 @@ class _Finder:
         """Whose object ``expression`` (a chain of attributes and items) is, seen from
         ``scope`` inside the body of ``function``; None for the function's own.
         ``inside``: the object changed is an element of ``expression``."""
+        expression = _registered(expression)
         if isinstance(expression, (cst.Tuple, cst.List)):
             for element in expression.elements:
                 found = self.owner(element.value, scope, function, seen, inside)
@@ -377,6 +396,16 @@ class _Body:
 
     def visit_Call(self, node: cst.Call) -> None:
         func = node.func
+        if _rewritten(node, "then") or _rewritten(node, "fold") and len(node.args) == 3 and (
+                isinstance(node.args[1].value, cst.SimpleString)
+                and node.args[1].value.evaluated_value.endswith("=")):
+            # A reduction step of an earlier rewrite: j.then(acc.update, v), j.fold(acc, "+=", v).
+            target = node.args[0].value
+            if isinstance(target, cst.Attribute) and _rewritten(node, "then"):
+                func = target
+            else:
+                self._write(node, target)
+                return
         if isinstance(func, cst.Attribute) and func.attr.value in MUTATING_METHODS:
             owner = self.finder.owner(func.value, self.scope, self.function)
             if owner is not None and not self._is_module_function(func):
