@@ -417,7 +417,7 @@ class _Body:
                 if owner is not None:
                     self._report(node, owner, f"`{self.text(node)}`", None)
                     return
-        module, attr = self._imported(func, self.scope)
+        module, attr = self.scopes.imported(func, self.scope)
         if module is not None and attr is not None:
             self._module_call(node, module, attr)
             return
@@ -449,31 +449,9 @@ class _Body:
             return None
         for binding in bindings:
             if isinstance(binding, Local) and isinstance(binding.source, cst.Call):
-                if self._imported(binding.source.func, binding.scope) in _GENERATORS:
+                if self.scopes.imported(binding.source.func, binding.scope) in _GENERATORS:
                     return func.value.value
         return None
-
-    def _imported(self, func: cst.BaseExpression, scope: Scope) -> tuple[Optional[str], Optional[str]]:
-        """(module, function) when ``func`` is a function of an imported module."""
-        parts: list[str] = []
-        node = func
-        while isinstance(node, cst.Attribute):
-            parts.append(node.attr.value)
-            node = node.value
-        if not isinstance(node, cst.Name):
-            return None, None
-        parts.reverse()
-        bindings = self.scopes.lookup(scope, node.value)[1]
-        if len(bindings) != 1:
-            return None, None
-        binding = bindings[0]
-        if isinstance(binding, ModuleImport) and parts:
-            return ".".join([binding.module, *parts[:-1]]), parts[-1]
-        if isinstance(binding, FromImport):
-            if parts:
-                return ".".join([binding.module, binding.name, *parts[:-1]]), parts[-1]
-            return binding.module, binding.name
-        return None, None
 
     def _module_call(self, node: cst.Call, module: str, attr: str) -> None:
         if (module == "random" and attr in _RANDOM_GLOBAL) or (

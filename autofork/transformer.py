@@ -849,35 +849,38 @@ class Scopes:
         if isinstance(func, c.Name):
             bindings = self.lookup(scope, func.value)[1]
             return self.bindings_kind(bindings), bindings
-        parts: list[str] = []
-        node = func
-        while isinstance(node, c.Attribute):
-            parts.append(node.attr.value)
-            node = node.value
-        if not isinstance(node, c.Name):
+        root, parts = _chain(func)
+        if root is None:
             return None, []
-        parts.reverse()
-        attr, middle = parts[-1], parts[:-1]
-        bindings = self.lookup(scope, node.value)[1]
-        if not bindings:
-            return None, []
-        if not middle and all(isinstance(b, SelfParam) for b in bindings):
+        bindings = self.lookup(scope, root)[1]
+        if len(parts) == 1 and bindings and all(isinstance(b, SelfParam) for b in bindings):
             classes = {id(b.cls): b.cls for b in bindings if isinstance(b, SelfParam)}
             if len(classes) == 1:
-                members = next(iter(classes.values())).bindings.get(attr, [])
+                members = next(iter(classes.values())).bindings.get(parts[0], [])
                 return self.bindings_kind(members), members
             return None, []
-        modules = set()
+        module, name = self.imported(func, scope)
+        return (None if module is None or name is None else self.resolve(module).get(name)), []
+
+    def imported(self, func: cst.BaseExpression, scope: Scope) -> tuple[Optional[str], Optional[str]]:
+        """(module, name) when ``func`` is a name of another module: ``m.f`` / ``pkg.m.f``
+        after ``import``, ``f`` or ``sub.f`` after ``from ... import``; else (None, None)."""
+        root, parts = _chain(func)
+        if root is None:
+            return None, None
+        bindings = self.lookup(scope, root)[1]
+        paths = set()
         for binding in bindings:
-            if isinstance(binding, ModuleImport):
-                modules.add(".".join([binding.module, *middle]))
+            if isinstance(binding, ModuleImport) and parts:
+                paths.add((binding.module, *parts))
             elif isinstance(binding, FromImport):
-                modules.add(".".join([binding.module, binding.name, *middle]))
+                paths.add((binding.module, binding.name, *parts))
             else:
-                return None, []
-        if len(modules) != 1:
-            return None, []
-        return self.resolve(modules.pop()).get(attr), []
+                return None, None
+        if len(paths) != 1:
+            return None, None
+        path = paths.pop()
+        return ".".join(path[:-1]), path[-1]
 
 
 class _Region:
@@ -913,6 +916,18 @@ class _NameUse:
     scope: Scope
     path: tuple[cst.CSTNode, ...]
     needs_builtin: Optional[str] = None   # "type"/"id": only when that name is the builtin
+
+
+def _chain(node: cst.BaseExpression) -> tuple[Optional[str], list[str]]:
+    """(``a``, [``b``, ``c``]) for ``a.b.c``; (None, []) when it does not start with a name."""
+    parts: list[str] = []
+    while isinstance(node, _cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    if not isinstance(node, _cst.Name):
+        return None, []
+    parts.reverse()
+    return node.value, parts
 
 
 def _dotted(node: cst.BaseExpression) -> str:
@@ -998,16 +1013,8 @@ class _ScopeWalker:
         self.path.pop()
 
     def children(self, node: cst.CSTNode) -> None:
-        base = _cst.CSTNode
-        leaves = _LEAVES
-        for name in _child_fields(type(node)):
-            value = getattr(node, name)
-            if isinstance(value, (tuple, list)):
-                for child in value:
-                    if isinstance(child, base) and type(child) not in leaves:
-                        self.visit(child)
-            elif isinstance(value, base) and type(value) not in leaves:
-                self.visit(value)
+        for child in child_nodes(node):
+            self.visit(child)
 
     def visit_optional(self, node: Any) -> None:
         if isinstance(node, _cst.CSTNode):

@@ -1,4 +1,4 @@
-"""Effects a caller could see (SPEC 4b, autofork.effects): golden rewrites, and scripts run
+"""Effects a caller could see (autofork.effects): golden rewrites, and scripts run
 under ``python`` and ``python -m autofork`` with identical stdout.
 
 A marked function with an effect keeps its calls plain and warns once, at rewrite time
