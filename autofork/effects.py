@@ -162,7 +162,8 @@ def _rewritten(node: cst.BaseExpression, method: str) -> bool:
 def _registered(expression: cst.BaseExpression) -> cst.BaseExpression:
     """``c`` of ``_autofork_j1.into(c)`` (a loop's container, in rewritten code), so that
     rewriting rewritten code sees the same writes; any other expression as it is."""
-    while _rewritten(expression, "into"):
+    while _rewritten(expression, "into") or _rewritten(expression, "settle") or _rewritten(
+            expression, "unwrap"):
         expression = expression.args[0].value  # type: ignore[attr-defined]
     return expression
 
@@ -214,6 +215,8 @@ class _Finder:
         ``inside``: the object changed is an element of ``expression``."""
         expression = _registered(expression)
         if isinstance(expression, (cst.Tuple, cst.List)):
+            if not inside:
+                return None   # a new tuple or list: changing it changes no one else's
             for element in expression.elements:
                 found = self.owner(element.value, scope, function, seen, inside)
                 if found is not None:
@@ -398,11 +401,14 @@ class _Body:
         func = node.func
         if _rewritten(node, "then") or _rewritten(node, "fold") and len(node.args) == 3 and (
                 isinstance(node.args[1].value, cst.SimpleString)
-                and node.args[1].value.evaluated_value.endswith("=")):
+                and str(node.args[1].value.evaluated_value).endswith("=")):
             # A reduction step of an earlier rewrite: j.then(acc.update, v), j.fold(acc, "+=", v).
             target = node.args[0].value
             if isinstance(target, cst.Attribute) and _rewritten(node, "then"):
                 func = target
+            elif isinstance(target, cst.Name):
+                self._rebinding(node, target.value)   # acc += v on a name: a rebinding
+                return
             else:
                 self._write(node, target)
                 return

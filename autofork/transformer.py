@@ -1181,6 +1181,8 @@ class _ScopeWalker:
         if isinstance(node, c.Name):
             return self.bind(node.value, binding)
         if isinstance(node, (c.Tuple, c.List)):
+            if isinstance(binding, Local):   # unpacked: each name holds an element
+                binding = Local(binding.source, binding.scope, element=True)
             self.path.append(node)
             for element in node.elements:
                 self.path.append(element)

@@ -623,3 +623,23 @@ def test_the_line_is_the_effects_own_also_after_a_def_in_a_string() -> None:
             out.append(y)
     ''')
     assert kept_plain(out) == [("add", 10)]
+
+
+def test_effects_hidden_by_the_loop_rewrites_are_still_seen_when_rewriting_again() -> None:
+    out = rewritten('''\
+        @implicit_fork
+        def square(x):
+            parts = [x]           # a new list holding an argument: changing it is no effect
+            parts.append(x)
+            return x * x
+
+        @implicit_fork
+        def fill(out, totals, xs):
+            for x in xs:
+                out.append(square(x))
+                totals.update(square(x))
+
+        fill([], {}, range(3))
+    ''')
+    assert [name for name, _ in kept_plain(out)] == ["fill"]
+    assert forked(out, "square")
