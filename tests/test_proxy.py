@@ -7,12 +7,13 @@ import math
 import os
 import pickle
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from autofork import ResultProxy, evaluate, fork, io_bound
+from autofork import ResultProxy, evaluate, fork, io_bound, wait
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,16 +159,25 @@ def test_in_place_operators_stay_lazy_in_a_loop():
     assert items == [1, 2]
 
 
+@io_bound
+def opened(gate):
+    gate.wait(60)
+    return 0
+
+
 @pytest.mark.timeout(180)  # thousands of forks, slow under typeguard on a loaded machine
 def test_a_running_total_of_thousands_of_lazy_additions_needs_no_deep_recursion():
     links = 2500
     assert links > 2 * sys.getrecursionlimit()  # a recursive completion would overflow
-    gate = fork(later, 0, 0.3)
-    total = gate
+    gate = threading.Event()
+    total = first = fork(opened, gate)  # pending until the whole chain is built
     for i in range(links):
-        total = total + fork(later, 1, 0)
+        total = total + 1
+    assert type(total) is ResultProxy and type(first) is ResultProxy
+    gate.set()  # now each addition completes the next, thousands deep
+    assert wait([total], timeout=60).done, "the chain never completed"
     assert total == links
-    assert sum(fork(later, i, 0) for i in range(1000)) == sum(range(1000))
+    assert sum(fork(later, i, 0) for i in range(500)) == sum(range(500))
 
 
 def test_context_manager_use():
