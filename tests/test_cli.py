@@ -376,7 +376,7 @@ WHERE = """
     pids = []
     for i in range(6):
         pids.append(where(i))
-    ios = evaluate_all([fork(io, i) for i in range(8)])
+    evaluate_all([fork(io, i) for i in range(8)])
     print(json.dumps({"main": os.getpid(), "pids": [int(p) for p in pids], "peak": peak,
                       "child_autofork": os.environ.get("AUTOFORK")}))
 """
