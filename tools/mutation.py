@@ -125,11 +125,11 @@ MUTANTS = [
            "            pass\n",
            ("tests/test_api.py", "-k", "scope"),
            "scope() drops its note when the block itself raised"),
-    Mutant("matmul-waits", "autofork/runtime/proxy.py",
+    Mutant("matmul-waits", "autofork/runtime/lazy.py",
            "del _name, _function\n",
            "del _name, _function\n"
-           '_waiting("__matmul__", operator.matmul)\n'
-           '_waiting("__rmatmul__", lambda value, other: other @ value)\n',
+           "ResultProxy.__matmul__ = lambda self, other: unwrap(self) @ unwrap(other)\n"
+           "ResultProxy.__rmatmul__ = lambda self, other: unwrap(other) @ unwrap(self)\n",
            ("tests/test_proxy.py", "-k", "lazy"),
            "@ (matmul) waits for its operands"),
     Mutant("io-fork-in-worker-inline", "autofork/runtime/api.py",
