@@ -12,7 +12,9 @@ test files that should notice it (``pytest -x``, with the copy first on ``PYTHON
 and restores the file.  A mutant is
 
 * caught      when those tests fail (or time out);
-* SURVIVED    when they pass: a behaviour the README promises that no test defends;
+* SURVIVED    when they pass: a behaviour the README promises that no test defends (or
+  code that moved: an anchor left in a place nothing runs any more breaks nothing, so
+  look at the mutant before writing a test);
 * not applied when its anchor text is no longer in the file exactly once (the code moved:
   rewrite the mutant), or when the tests could not even run (pytest usage error).
 
