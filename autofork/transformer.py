@@ -1626,10 +1626,21 @@ def _runtime_alias(module: cst.Module) -> Optional[str]:
     return None
 
 
+def _inside_itself(scope: Optional[Scope], bindings: list[Binding]) -> bool:
+    """Whether ``scope`` lies in the body of a function the callee's bindings define."""
+    bodies = {id(b.body_scope) for b in bindings if isinstance(b, Def) and b.body_scope}
+    while scope is not None:
+        if id(scope) in bodies:
+            return True
+        scope = scope.parent
+    return False
+
+
 class _Plan:
     """What to rewrite, decided from a finished walk (see the module docstring).
 
     ``rewrites``: id(call) -> the joiner that forks it, None for a value fork;
+    ``recursive_calls``: ids of those calls made inside the function they call;
     ``unwraps``: ids of names to wrap in ``unwrap``; ``loop_joiners``: id(loop) ->
     joiner; ``rest_wraps``: id(suite) -> (first statement, joiner); ``dirty``: ids of
     every node on a path to a change (the rewriter rebuilds only those).  The loop rules
@@ -1644,6 +1655,7 @@ class _Plan:
         self.scopes = walk.scopes
         self.runtime_alias = runtime_alias
         self.rewrites: dict[int, Optional[str]] = {}
+        self.recursive_calls: set[int] = set()  # rewritten calls of a function inside itself
         self.unwraps: set[int] = set()
         self.loop_joiners: dict[int, str] = {}
         self.rest_wraps: dict[int, tuple[int, str]] = {}
@@ -1701,6 +1713,8 @@ class _Plan:
                 self.rewrites[id(site.call)] = self._joiner(site)
             else:
                 self.rewrites[id(site.call)] = None
+        if _inside_itself(site.scope, bindings):
+            self.recursive_calls.add(id(site.call))
         self.dirty.update(map(id, site.path))
 
     def _joiner(self, site: _CallSite) -> str:
@@ -2098,7 +2112,9 @@ class _Rewriter:
             # f(x for x in y): the generator borrowed the call's parentheses; it needs its own now.
             genexp = args[0].value.with_changes(lpar=(c.LeftParen(),), rpar=(c.RightParen(),))
             args[0] = args[0].with_changes(value=genexp)
-        return new.with_changes(func=self._attr(owner, "fork"), args=(first, *args))
+        # A call inside the function it calls is the runtime's sign of a recursion.
+        attr = "fork_recursive" if key in self.a.recursive_calls else "fork"
+        return new.with_changes(func=self._attr(owner, attr), args=(first, *args))
 
     def _name(self, original: cst.Name, new: cst.Name) -> cst.BaseExpression:
         if id(original) not in self.a.unwraps:

@@ -18,12 +18,28 @@ and decides per call:
 * a function that calls itself (``fib(n-1) + fib(n-2)``) forks only while a worker is
   idle; a call from outside runs in the caller, so that its recursive calls spread over
   the workers; with every worker busy, a call runs as the plain function (``plain``).
+  Recursion is what the rewriter saw: it rewrites a function's calls of itself into
+  ``fork_recursive`` (not ``fork``), so ``def save(img): img.save()`` is not recursive;
+* while no worker is ready yet (the pool is starting), a call runs here, timed: the
+  program never waits for a worker to start.
+
+Whatever the run time, forking pays only if something overlaps the call.  A chain, where
+each call takes the previous call's result (``state = step(state, k)``) or the caller
+needs each value as soon as it asked for it, gains nothing and pays a round trip per
+call.  So autofork watches what the caller does with each forked call of a function:
+when the next call comes, was the previous one still running, and did the new call
+depend on it, or had the caller been woken by its result just now (``_QUICK``)?  After
+``_SERIAL_AFTER`` such calls in a row, the function's calls run here, in the caller
+(``serial``); one call in ``probe`` is forked again to see whether overlap has
+appeared (the next call came while it ran, and did not need it), in which case the
+function forks again; else the probe interval doubles, up to ``_PROBE_MAX``.
 
 Only the local backend measures; elsewhere every call forks.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -41,7 +57,7 @@ from .executor import submit_or_fail
 from .marks import kind_of
 from .plain import for_workers
 from .proxy import ResultProxy, new_proxy
-from .task import Chunk, ChunkItem, Task, track
+from .task import DONE, Chunk, ChunkItem, Task, track
 
 if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
     from .executor import Engine
@@ -60,13 +76,20 @@ _SAMPLE_MASK = 1023  # an inline function is timed again once in 1,024 calls
 # called by call, called by implicit.fork or Joiner.fork, called by the call site.
 _CALLER = 4
 _MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
+_QUICK = 200e-6  # a call this soon after the previous result: the caller was waiting for it
+_SERIAL_AFTER = 8  # calls in a row that overlapped nothing: run the function here
+_PROBE_FIRST = 64  # then fork one call in this many, to see whether overlap is back
+_PROBE_MAX = 4096
+# The rewriter calls this (not ``fork``) where a function calls itself.
+RECURSIVE_CALL = "fork_recursive"
 
 
 class _Function:
     """What autofork knows of one marked function."""
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
-                 "opened", "lock", "warned", "watch")
+                 "opened", "lock", "warned", "watch", "serial", "streak", "last", "last_at",
+                 "done_at", "probe_every", "countdown", "probing")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -81,6 +104,16 @@ class _Function:
         self.lock = threading.Lock()
         self.warned = False  # about a call that could not be sent
         self.watch: Any = _UNSEEN  # freshness.Watch of the globals it reads, once asked
+        # Overlap (see the module docstring): the last forked call, when it was made and
+        # when it finished; how many calls in a row overlapped nothing.
+        self.serial = False  # its calls run here: they overlap nothing
+        self.streak = 0
+        self.last: Any = None
+        self.last_at = 0.0
+        self.done_at: Optional[float] = None
+        self.probe_every = _PROBE_FIRST
+        self.countdown = 0  # serial calls left before the next probe
+        self.probing = False  # the last forked call was a probe
 
 
 _UNSEEN = object()
@@ -94,12 +127,19 @@ running_inline: set[Any] = set()
 def _learn(fn: Callable[..., Any]) -> _Function:
     eligible = (not config.IN_WORKER and type(fn) is types.FunctionType
                 and kind_of(fn) == "cpu" and config.settings().backend == "local")
-    recursive = eligible and fn.__name__ in fn.__code__.co_names
-    return _functions.setdefault(fn, _Function(eligible, recursive))
+    return _functions.setdefault(fn, _Function(eligible, eligible and _calls_itself(fn)))
 
 
-def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+def _calls_itself(fn: Any) -> bool:
+    """Whether the rewriter found a call of ``fn`` by itself (``fork_recursive``)."""
+    names = fn.__code__.co_names
+    return RECURSIVE_CALL in names and any(name.startswith("_autofork") for name in names)
+
+
+def call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool = False) -> Any:
     """What a rewritten call site runs: a proxy, or the value when it ran inline.
+
+    ``recursive``: the call site is inside ``fn`` itself (the rewriter's ``fork_recursive``).
 
     A call that cannot be sent to a worker (an open file, a lock among its arguments)
     runs here, as it did before the rewrite, with one AutoforkWarning per function: the
@@ -111,7 +151,7 @@ def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     if _takes_iterator(args, kwargs):
         return fn(*args, **kwargs)
     try:
-        return _call(fn, args, kwargs)
+        return _call(fn, args, kwargs, recursive)
     except NotSendable as why:
         known = _functions.get(fn)
         if known is not None and not known.warned:
@@ -136,17 +176,26 @@ def _takes_iterator(args: tuple, kwargs: dict) -> bool:
     return False
 
 
-def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) -> Any:
     known = _functions.get(fn)
     if known is None:
         known = _learn(fn)
+    if known.serial and not (kwargs or _has_proxy(args)):
+        known.countdown -= 1
+        if known.countdown > 0:  # the hot path of a chain
+            if stats.active:
+                return _timed_serial(fn, args, kwargs)
+            return fn(*args, **kwargs)
+        known.serial = False
+        known.probing = True  # this call forks, and the next one tells what it overlapped
+        known.last = None
     if known.inline:
         known.runs += 1
         if known.runs & _SAMPLE_MASK:
             if stats.active:
-                stats.inline(fn.__qualname__, known.mean or 0.0)
+                stats.inline(fn.__qualname__, known.mean or 0.0, "small")
             return fn(*args, **kwargs)
-        return _timed(fn, known, args, kwargs)
+        return _timed(fn, known, args, kwargs, "small")
     if not known.eligible:
         return _fork(fn, *args, **kwargs)
     mean = known.mean
@@ -154,16 +203,93 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         return _chunked(fn, known, args, kwargs)  # the hot path of a short function
     pool = engine.backend()
     if known.recursive:
-        return _recursive(fn, known, pool, args, kwargs)
+        return _recursive(fn, known, pool, args, kwargs, recursive)
+    if not pool.ready():
+        pool.start()
+        return _timed(fn, known, args, kwargs, "starting")  # never wait for a worker
     if mean is None:
         mean = pool.mean_seconds(fn)
         if mean is not None:
             _settle(known, mean, fn)
         elif pool.pending() >= _MEASURE_AFTER:
-            return _timed(fn, known, args, kwargs)
-    if known.size and not scan(args, kwargs)[0]:
+            return _timed(fn, known, args, kwargs, "measure")
+    seen, pending = scan(args, kwargs)
+    if known.serial and not _waits_for_others(fn, pending):
+        for task in pending:
+            task.wait()  # its own earlier (probe) call: the chain goes on here
+        return _timed_serial(fn, args, kwargs) if stats.active else fn(*args, **kwargs)
+    _overlap(fn, known, pending)
+    if known.size and not seen:
         return _chunked(fn, known, args, kwargs)
-    return new_proxy(start(fn, args, kwargs, "cpu"))
+    task = start(fn, args, kwargs, "cpu")
+    _watch(known, task)
+    return new_proxy(task)
+
+
+def _waits_for_others(fn: Callable[..., Any], pending: list) -> bool:
+    """Whether a pending input comes from another function (then the call is forked,
+    so that the caller does not wait for that input here)."""
+    return any(task.fn is not fn for task in pending)
+
+
+def _watch(known: _Function, task: Any) -> None:
+    """Remember the call just forked, to see at the next call what it overlapped."""
+    known.last = task
+    known.last_at = time.perf_counter()
+    known.done_at = None
+    task.add_done_callback(functools.partial(_finished, known))
+
+
+def _finished(known: _Function, task: Any) -> None:
+    if known.last is task:
+        known.done_at = time.perf_counter()
+
+
+def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
+    """Learn from the previous forked call whether forking ``fn`` overlaps anything.
+
+    It did not when this call depends on it and the caller made this call at once, or
+    when it is done and its result came just now (the caller was waiting for it).
+    """
+    last = known.last
+    if last is None:
+        return
+    now = time.perf_counter()
+    if last.state != DONE:
+        alone = any(task is last for task in pending) and now - known.last_at < _QUICK
+    else:
+        done_at = known.done_at
+        alone = done_at is None or now - done_at < _QUICK
+    known.last = None
+    if known.probing:
+        known.probing = False
+        if alone:
+            known.probe_every = min(_PROBE_MAX, 2 * known.probe_every)
+            _go_serial(fn, known)
+        else:
+            known.streak = 0
+            known.probe_every = _PROBE_FIRST
+            log.info("%s: its calls overlap again: forking them", fn.__qualname__)
+        return
+    known.streak = known.streak + 1 if alone else 0
+    if known.streak >= _SERIAL_AFTER:
+        log.info("%s: each call waited for the one before (a chain): running its calls "
+                 "in the caller", fn.__qualname__)
+        _go_serial(fn, known)
+
+
+def _go_serial(fn: Callable[..., Any], known: _Function) -> None:
+    known.streak = 0
+    known.serial = True
+    known.countdown = known.probe_every
+
+
+def _timed_serial(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    began = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        stats.inline(fn.__qualname__, time.perf_counter() - began, "chain")
 
 
 def _has_proxy(args: tuple) -> bool:
@@ -175,21 +301,33 @@ def _has_proxy(args: tuple) -> bool:
 
 
 def _recursive(fn: Callable[..., Any], known: _Function, pool: Engine, args: tuple,
-               kwargs: dict) -> Any:
+               kwargs: dict, recursive: bool) -> Any:
     """A function that calls itself forks only while a worker is idle.
 
     A call from outside runs here, so that its own recursive calls spread over the idle
     workers; a recursive call forks if a worker is idle; otherwise the call runs here,
     as the plain function (no fork on any call below it).
     """
-    if pool.idle() == 0:
+    if not recursive:
+        if not pool.ready():
+            pool.start()
+        return _run_here(fn, args, kwargs, "recursion")
+    if pool.idle() == 0 or not pool.ready():
         plain = known.plain
         if plain is None:
             plain = known.plain = for_workers(fn)
-        return plain(*args, **kwargs)
-    if sys._getframe(_CALLER).f_code is not fn.__code__:
-        return fn(*args, **kwargs)
+        return _run_here(plain, args, kwargs, "recursion") if stats.active else plain(*args, **kwargs)
     return new_proxy(start(fn, args, kwargs, "cpu"))
+
+
+def _run_here(fn: Callable[..., Any], args: tuple, kwargs: dict, why: str) -> Any:
+    if not stats.active:
+        return fn(*args, **kwargs)
+    began = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        stats.inline(fn.__qualname__, time.perf_counter() - began, why)
 
 
 def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = None) -> None:
@@ -217,7 +355,9 @@ def _forget(old: Any, new: Any) -> None:
 config.on_change(_forget)
 
 
-def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) -> Any:
+def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict,
+           why: str) -> Any:
+    """Run a call here and learn its cost from it; ``why`` it runs here, for --stats."""
     began = time.perf_counter()
     try:
         return fn(*args, **kwargs)
@@ -225,7 +365,7 @@ def _timed(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) 
         seconds = time.perf_counter() - began
         _settle(known, seconds if known.mean is None else 0.5 * (known.mean + seconds), fn)
         if stats.active:
-            stats.inline(fn.__qualname__, seconds)
+            stats.inline(fn.__qualname__, seconds, "small" if known.inline else why)
 
 
 def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict) -> Any:
@@ -241,8 +381,10 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
             latest = engine.backend().mean_seconds(fn)
             if latest is not None:
                 _settle(known, latest, fn)  # what the last chunks measured
+            _overlap(fn, known, [])
             chunk = known.chunk = Chunk(fn)
             chunk.snapshot = state
+            _watch(known, chunk)
             chunk.executor = _flusher
             known.opened = time.monotonic()
             track(chunk)

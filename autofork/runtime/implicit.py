@@ -6,6 +6,7 @@ that needs the value.
 The transformer inserts ``from autofork.runtime import implicit as _autofork_rt`` and::
 
     x = _autofork_rt.fork(f, a)                  # was: x = f(a)
+    x = _autofork_rt.fork_recursive(f, a)        # was: x = f(a), inside f itself
     with _autofork_rt.Joiner() as _autofork_j1:  # around the outermost loop, try or body
         _autofork_j1.fork(g, b)                  # was: g(b)
         _autofork_j1.into(out).append(_autofork_j1.fork(f, b))   # was: out.append(f(b))
@@ -32,7 +33,7 @@ from .proxy import ResultProxy, unwrap
 from .settle import settle
 from .task import DONE
 
-__all__ = ["fork", "Joiner", "unwrap", "settle"]
+__all__ = ["fork", "fork_recursive", "Joiner", "unwrap", "settle"]
 
 
 def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -41,6 +42,13 @@ def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         # The hot path of a tiny marked function: a plain call, nothing else.
         return fn(*args, **kwargs) if kwargs else fn(*args)
     return call(fn, args, kwargs)
+
+
+def fork_recursive(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fork`` at a call site inside ``fn`` itself: the rewriter saw the recursion."""
+    if fn in _inline:
+        return fn(*args, **kwargs) if kwargs else fn(*args)
+    return call(fn, args, kwargs, True)
 
 
 _PRUNE_AT = 1024
@@ -71,7 +79,15 @@ class Joiner:
         """Fork a call that is joined at the block's end; returns its proxy (or value)."""
         if fn in running_inline:
             return fn(*args, **kwargs) if kwargs else fn(*args)
-        result = call(fn, args, kwargs)
+        return self._join(call(fn, args, kwargs))
+
+    def fork_recursive(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fork`` at a call site inside ``fn`` itself (see the module's ``fork_recursive``)."""
+        if fn in _inline:
+            return fn(*args, **kwargs) if kwargs else fn(*args)
+        return self._join(call(fn, args, kwargs, True))
+
+    def _join(self, result: Any) -> Any:
         if type(result) is ResultProxy:
             tasks = self._tasks
             tasks.append((self._count, result._autofork_task))

@@ -27,12 +27,13 @@ _began = time.perf_counter()
 
 class _Function:
     # A plain class: dataclasses would import inspect (and ast, dis, tokenize) at start-up.
-    __slots__ = ("calls", "inline", "places", "busy", "first", "last", "forked_busy",
+    __slots__ = ("calls", "inline", "here", "places", "busy", "first", "last", "forked_busy",
                  "overhead", "timed")
 
     def __init__(self) -> None:
         self.calls = 0
-        self.inline = 0
+        self.inline = 0  # calls that ran in the caller, for any of the reasons in ``here``
+        self.here: dict = {}  # why -> [calls, seconds] run in the caller
         self.places: dict = {}  # "process"/"thread"/"event loop" -> calls
         self.busy = 0.0  # seconds spent running its calls
         self.first = float("inf")
@@ -72,17 +73,35 @@ def forked(task: Any, timed: bool = True) -> None:
             _submitted[id(task)] = time.perf_counter()
 
 
-def inline(name: str, seconds: float) -> None:
-    """A call of ``name`` ran inline (granularity) and took ``seconds``."""
+_REASONS = ("small", "chain", "recursion", "starting", "measure")
+
+
+def inline(name: str, seconds: float, why: str = "small") -> None:
+    """A call of ``name`` ran in the caller (granularity) and took ``seconds``.
+
+    ``why``: ``small`` (too short to gain), ``chain`` (each call needed the previous
+    one), ``recursion`` (the outer call of a recursion, or every worker was busy),
+    ``starting`` (no worker was ready yet), ``measure`` (run here to learn its cost).
+    """
     with _lock:
         entry = _entry(name)
         entry.calls += 1
         entry.inline += 1
         entry.busy += seconds
+        counts = entry.here.get(why)
+        if counts is None:
+            counts = entry.here[why] = [0, 0.0]
+        counts[0] += 1
+        counts[1] += seconds
 
 
-def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int = 1) -> None:
-    """``calls`` calls of ``task.fn`` ran at ``place`` (in ``worker``) from ``begin`` to ``end``."""
+def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int = 1,
+        queued: float = 0.0) -> None:
+    """``calls`` calls of ``task.fn`` ran at ``place`` (in ``worker``) from ``begin`` to ``end``.
+
+    ``queued``: of the time from fork to result, the seconds the task waited for a free
+    worker (or behind other calls of its batch); not counted as overhead.
+    """
     name = task.name
     with _lock:
         entry = _entry(name)
@@ -91,7 +110,8 @@ def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int
         entry.forked_busy += end - begin
         submitted = _submitted.pop(id(task), None)
         if submitted is not None:
-            entry.overhead += max(0.0, time.perf_counter() - submitted - (end - begin))
+            latency = time.perf_counter() - submitted
+            entry.overhead += max(0.0, latency - queued - (end - begin))
             entry.timed += 1
         entry.first = min(entry.first, begin)
         entry.last = max(entry.last, end)
@@ -141,18 +161,38 @@ def _report_functions(stream: TextIO) -> None:
         overhead = _duration(entry.overhead / entry.timed) if entry.timed else "-"
         print(f"{name[:32]:<32} {entry.calls:>7} {entry.inline:>7} {where:<22} "
               f"{_duration(mean):>10} {overhead:>10} {parallel:>7.1f}x", file=stream)
-        if entry.inline:
-            inline_mean = (entry.busy - sum_forked(entry)) / entry.inline
-            print(f"  average {_duration(max(inline_mean, 0.0))} per call: too small to gain "
-                  f"from another process; autofork ran it inline ({entry.inline} of "
-                  f"{entry.calls} calls)", file=stream)
-        elif entry.places and parallel < 1.1 and entry.calls > 1:
-            print(f"  forking {name} did not pay: its calls ran one after another", file=stream)
+        for line in _notes(name, entry, parallel):
+            print(f"  {line}", file=stream)
 
 
-def sum_forked(entry: _Function) -> float:
-    """Seconds the forked calls of ``entry`` ran (the rest of ``busy`` ran inline)."""
-    return entry.forked_busy
+def _notes(name: str, entry: _Function, parallel: float) -> list[str]:
+    """Why calls ran in the caller, each reason with its own count, and whether forking paid."""
+    notes = []
+    total = entry.calls
+    for why in _REASONS:
+        counts = entry.here.get(why)
+        if not counts:
+            continue
+        calls, seconds = counts
+        share = f"{calls} of {total} calls"
+        if why == "small":
+            notes.append(f"average {_duration(seconds / calls)} per call: too small to gain "
+                         f"from another process; autofork ran it inline ({share})")
+        elif why == "chain":
+            notes.append(f"each call needed the one before (a chain): nothing overlapped, so "
+                         f"autofork ran its calls in the caller ({share})")
+        elif why == "recursion":
+            notes.append(f"recursive: the outer call, and calls made while every worker was "
+                         f"busy, ran in the caller ({share})")
+        elif why == "starting":
+            notes.append(f"ran in the caller while no worker was ready yet ({share})")
+        else:
+            notes.append(f"ran in the caller to measure its cost ({share})")
+    forked = sum(entry.places.values())
+    if forked > 1 and parallel < 1.1 and "chain" not in entry.here:
+        notes.append(f"forking {name} did not pay: its {forked} forked calls ran one after "
+                     "another")
+    return notes
 
 
 def _duration(seconds: float) -> str:
