@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import time
 import traceback
 
@@ -143,7 +146,7 @@ def _stats_row(stderr: str, name: str) -> tuple[int, int, dict[str, int]]:
 def test_stats_and_trace_report_what_ran_where(tmp_path):
     result = run_script(tmp_path, """
         import time
-        from autofork import implicit_fork
+        from autofork import evaluate, fork, implicit_fork
 
         @implicit_fork
         def work(x):
@@ -154,6 +157,7 @@ def test_stats_and_trace_report_what_ran_where(tmp_path):
         def small(x):
             return x * 2
 
+        evaluate(fork(abs, 1))  # a worker is ready: the forks below are not run here
         results = []
         for i in range(6):
             results.append(work(i))
@@ -200,7 +204,7 @@ def test_configure_stats_and_trace_in_the_program_itself(tmp_path):
 def test_a_rewritten_recursion_runs_as_plain_code_in_the_workers(tmp_path):
     result = run_script(tmp_path, """
         import os
-        from autofork import evaluate, implicit_fork
+        from autofork import evaluate, fork, implicit_fork
 
         @implicit_fork
         def fib(n):
@@ -210,6 +214,7 @@ def test_a_rewritten_recursion_runs_as_plain_code_in_the_workers(tmp_path):
         def probe():
             return os.getpid(), fib.__code__.co_names
 
+        evaluate(fork(abs, 1))  # a worker is ready: probe() is not run here
         print(fib(22))
         pid, names = evaluate(probe())
         print(pid != os.getpid(), any(name.startswith("_autofork") for name in names))
@@ -241,3 +246,138 @@ def test_a_rewritten_call_that_cannot_be_sent_runs_here_with_one_warning():
         from autofork import fork
 
         fork(holds, 1, lock)
+
+
+# -- overlap: a chain runs in the caller, independent calls fork ---------------------------
+
+def _workers_ready():
+    from autofork.runtime import engine
+
+    deadline = time.monotonic() + 30
+    while not engine.backend().ready():
+        assert time.monotonic() < deadline, "no worker became ready"
+        time.sleep(0.01)
+
+
+@implicit_fork
+def step(state, k):
+    spin(20e-6)
+    return (state * 31 + k) % 1_000_003, os.getpid()
+
+
+def _state(result):
+    return evaluate(result)[0]
+
+
+@implicit_fork
+def link(state, k):
+    spin(20e-6)
+    return (state * 31 + k) % 1_000_003
+
+
+def test_a_chain_fed_by_its_own_results_ends_up_in_the_caller():
+    _workers_ready()
+    state = 1
+    for k in range(300):
+        state = implicit.fork(link, state, k)  # each call takes the previous call's result
+    expected = 1
+    for k in range(300):
+        expected = (expected * 31 + k) % 1_000_003
+    assert evaluate(state) == expected
+    assert granularity._functions[link].serial, "the chain still forks every call"
+    assert type(implicit.fork(link, 5, 1)) is int  # runs here: the real value
+
+
+def test_calls_whose_values_are_needed_at_once_end_up_in_the_caller():
+    _workers_ready()
+    pids = []
+    for k in range(300):
+        pids.append(evaluate(implicit.fork(step, k, k))[1])  # the value is used at once
+    assert pids[0] != os.getpid()  # forked while autofork learned
+    assert pids[-50:] == [os.getpid()] * 50
+    assert granularity._functions[step].serial
+
+
+@implicit_fork
+def independent(k):
+    spin(3e-3)
+    return os.getpid()
+
+
+def test_independent_calls_keep_forking():
+    _workers_ready()
+    for _ in range(3):
+        pids = evaluate_all([implicit.fork(independent, k) for k in range(40)])
+    assert os.getpid() not in pids[-20:]
+    assert not granularity._functions[independent].serial
+
+
+@implicit_fork
+def phase(k):
+    spin(3e-3)
+    return k, os.getpid()
+
+
+def test_a_function_forks_again_when_its_calls_overlap_again():
+    _workers_ready()
+    for k in range(100):  # first a chain: each value used at once
+        evaluate(implicit.fork(phase, k))
+    assert granularity._functions[phase].serial
+    results = []
+    for k in range(granularity._PROBE_MAX * 0 + 600):  # then independent calls
+        results.append(implicit.fork(phase, k))
+    pids = [evaluate(r)[1] for r in results]
+    assert not granularity._functions[phase].serial
+    assert set(pids[-100:]) - {os.getpid()}, "the calls stayed in the caller"
+
+
+# -- recursion is what the rewriter saw, not a name among the attributes ------------------
+
+class Image:
+    def __init__(self, n):
+        self.n = n
+
+    def save(self):
+        return self.n, os.getpid()
+
+    def resize(self, size):
+        return self.n * size, os.getpid()
+
+
+@implicit_fork
+def save(n):
+    img = Image(n)
+    return img.save()
+
+
+@implicit_fork
+def resize(n):
+    return Image(n).resize(7)
+
+
+@pytest.mark.parametrize("function", [save, resize], ids=["save", "resize"])
+def test_a_function_calling_a_method_of_its_own_name_forks(function):
+    _workers_ready()
+    results = evaluate_all([implicit.fork(function, n) for n in range(4)])
+    assert not granularity._functions[function].recursive
+    assert {pid for _, pid in results} - {os.getpid()}, "every call ran in the caller"
+
+
+def test_the_rewriter_marks_a_call_of_a_function_inside_itself(tmp_path):
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def walk(n):
+            return n if n < 2 else walk(n - 1) + walk(n - 2)
+
+        @implicit_fork
+        def save(img):
+            return img.save()
+
+        print(walk(5), save(thing))
+    """))
+    rewritten = subprocess.run([sys.executable, "-m", "autofork", "--diff", "m.py"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "fork_recursive(walk, n - 1)" in rewritten
+    assert "_autofork_rt.fork(walk, 5)" in rewritten and "_autofork_rt.fork(save, thing)" in rewritten

@@ -19,7 +19,7 @@ __all__ = ["Settings", "settings", "configure", "enabled", "on_change", "IN_WORK
 IN_WORKER = False
 
 _BACKENDS = ("local", "sequential", "dask")
-_START_METHODS = ("forkserver", "spawn", "fork")
+_START_METHODS = ("forkserver", "spawn")
 
 
 def _cpu_count() -> int:
@@ -84,6 +84,10 @@ def _check_backend(name: str, where: str = "backend") -> str:
 
 
 def _check_start_method(name: str, where: str = "start_method") -> str:
+    if name == "fork":
+        raise ValueError(f"{where}='fork' is not offered: fork() of a process that runs "
+                         "threads (autofork's own) can deadlock the child. 'forkserver' forks "
+                         "workers from a clean single-threaded template process instead")
     if name not in _START_METHODS:
         raise ValueError(f"{where}={name!r}: choose one of {', '.join(_START_METHODS)}")
     return name
@@ -126,7 +130,9 @@ def configure(
     ``threads``: the most threads for I/O-bound forks (default 256, started on demand).
     ``backend``: ``"local"``, ``"sequential"`` (everything inline) or ``"dask"``.
     ``address``: the Dask scheduler, ``tcp://host:port``.
-    ``start_method``: how worker processes start: ``"forkserver"`` (default on Linux) or ``"spawn"``.
+    ``start_method``: how worker processes start: ``"forkserver"`` (default on Linux: forked
+    from a template process that has the program's third-party modules imported) or
+    ``"spawn"`` (each a fresh interpreter).
     ``stats`` / ``trace``: report per-function statistics at exit / write a Chrome trace file.
     """
     global _current

@@ -453,6 +453,10 @@ class DaskBackend:
         """Not measured on Dask (granularity measures only the local engine)."""
         return None
 
+    def ready(self) -> bool:
+        """The cluster's workers are already running."""
+        return True
+
     def idle(self) -> int:
         """Threads of the cluster minus the calls in flight (the count refreshed each second)."""
         threads, when = self._threads

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .executor import submit_or_fail
 from .proxy import ResultProxy
-from .task import DONE, QUEUED, WAITING, Task
+from .task import DONE, QUEUED, WAITING, ChunkItem, Task
 
 __all__ = ["scan", "substitute", "when_ready", "start_when_ready"]
 
@@ -24,18 +24,18 @@ _SCAN_LIMIT = 256
 _NOT_FOUND = (False, ())
 
 
-def _task_of(obj: Any) -> Task | None:
+def _task_of(obj: Any) -> Task | ChunkItem | None:
     return obj._autofork_task if type(obj) is ResultProxy else None
 
 
-def scan(args: tuple, kwargs: dict) -> tuple[bool, list[Task]]:
+def scan(args: tuple, kwargs: dict) -> tuple[bool, list[Task | ChunkItem]]:
     """(whether any proxy is among the arguments, the tasks of those not ready).
 
     Not ready: pending, or failed.  A failed input goes through ``when_ready`` too, so
     that it fails the call with its failure whether it failed before the call was made
     or after (it is not raised by the ``fork`` that passes it).
     """
-    found: list[Task] = []
+    found: list[Task | ChunkItem] = []
     seen = False
     for value in (*args, *kwargs.values()) if kwargs else args:
         kind = type(value)
@@ -49,7 +49,7 @@ def scan(args: tuple, kwargs: dict) -> tuple[bool, list[Task]]:
     return seen, found
 
 
-def _scan_container(container: Any, found: list[Task], depth: int) -> bool:
+def _scan_container(container: Any, found: list[Task | ChunkItem], depth: int) -> bool:
     if len(container) > _SCAN_LIMIT or depth == 0:
         return False
     seen = False
@@ -82,14 +82,14 @@ def substitute(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             {key: _resolve(value) for key, value in kwargs.items()})
 
 
-def when_ready(task: Task, inputs: list[Task], ready: Callable[[Task], None]) -> None:
+def when_ready(task: Task, inputs: list[Task | ChunkItem], ready: Callable[[Task], None]) -> None:
     """Hold ``task`` until ``inputs`` are done, then call ``ready(task)``, or fail it."""
     task.state = WAITING
     task.inputs = inputs
     remaining = [len(inputs)]
     lock = threading.Lock()
 
-    def input_done(done: Task) -> None:
+    def input_done(done: Task | ChunkItem) -> None:
         if done.failure is not None:
             if task.claim():
                 done.mark_observed()

@@ -55,7 +55,7 @@ def _part(name: str, make: Callable[[config.Settings], Any]) -> Any:
 def _local(settings: config.Settings) -> Engine:
     from .processes import ProcessPool
 
-    return ProcessPool(settings.workers)
+    return ProcessPool(settings.workers, settings.start_method)
 
 
 def _dask(settings: config.Settings) -> Engine:

@@ -46,6 +46,10 @@ class Engine(Executor, Protocol):
     def start(self) -> None:
         """Start the workers now, in the background (the first ``submit`` would)."""
 
+    def ready(self) -> bool:
+        """Whether a worker can run a call at once (False while they start: the caller
+        then runs calls itself); asking starts the workers if they are not starting."""
+
     def idle(self) -> int:
         """How many more calls would start right away (idle workers)."""
 

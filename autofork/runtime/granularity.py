@@ -28,7 +28,7 @@ each call takes the previous call's result (``state = step(state, k)``) or the c
 needs each value as soon as it asked for it, gains nothing and pays a round trip per
 call.  So autofork watches what the caller does with each forked call of a function:
 when the next call comes, was the previous one still running, and did the new call
-depend on it, or had the caller been woken by its result just now (``_QUICK``)?  After
+depend on it, or did the caller wait for it soon after forking it?  After
 ``_SERIAL_AFTER`` such calls in a row, the function's calls run here, in the caller
 (``serial``); one call in ``probe`` is forked again to see whether overlap has
 appeared (the next call came while it ran, and did not need it), in which case the
@@ -89,7 +89,7 @@ class _Function:
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
                  "opened", "lock", "warned", "watch", "serial", "streak", "last", "last_at",
-                 "done_at", "probe_every", "countdown", "probing")
+                 "probe_every", "countdown", "probing", "latency")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -104,16 +104,16 @@ class _Function:
         self.lock = threading.Lock()
         self.warned = False  # about a call that could not be sent
         self.watch: Any = _UNSEEN  # freshness.Watch of the globals it reads, once asked
-        # Overlap (see the module docstring): the last forked call, when it was made and
-        # when it finished; how many calls in a row overlapped nothing.
+        # Overlap (see the module docstring): the last forked call and when it was made;
+        # how many calls in a row overlapped nothing.
         self.serial = False  # its calls run here: they overlap nothing
         self.streak = 0
         self.last: Any = None
         self.last_at = 0.0
-        self.done_at: Optional[float] = None
         self.probe_every = _PROBE_FIRST
         self.countdown = 0  # serial calls left before the next probe
         self.probing = False  # the last forked call was a probe
+        self.latency: Optional[float] = None  # from fork to result, moving average
 
 
 _UNSEEN = object()
@@ -205,7 +205,6 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
     if known.recursive:
         return _recursive(fn, known, pool, args, kwargs, recursive)
     if not pool.ready():
-        pool.start()
         return _timed(fn, known, args, kwargs, "starting")  # never wait for a worker
     if mean is None:
         mean = pool.mean_seconds(fn)
@@ -236,30 +235,36 @@ def _watch(known: _Function, task: Any) -> None:
     """Remember the call just forked, to see at the next call what it overlapped."""
     known.last = task
     known.last_at = time.perf_counter()
-    known.done_at = None
     task.add_done_callback(functools.partial(_finished, known))
 
 
 def _finished(known: _Function, task: Any) -> None:
     if known.last is task:
-        known.done_at = time.perf_counter()
+        took = time.perf_counter() - known.last_at
+        known.latency = took if known.latency is None else 0.8 * known.latency + 0.2 * took
 
 
 def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
     """Learn from the previous forked call whether forking ``fn`` overlaps anything.
 
-    It did not when this call depends on it and the caller made this call at once, or
-    when it is done and its result came just now (the caller was waiting for it).
+    What a fork costs beyond the run time (``cost``: the measured time from fork to
+    result, less the run time in the worker) is worth paying only for at least as much
+    overlap.  It had less when this call depends on it and the caller did less than
+    ``cost`` in between (or the call runs shorter than ``cost``), or when the caller
+    waited for it less than ``cost`` after forking it.
     """
     last = known.last
     if last is None:
         return
     now = time.perf_counter()
+    run = engine.backend().mean_seconds(fn) or known.mean or 0.0
+    cost = max(_QUICK, (known.latency or 0.0) - run)
     if last.state != DONE:
-        alone = any(task is last for task in pending) and now - known.last_at < _QUICK
+        alone = (any(getattr(task, "chunk", task) is last for task in pending)
+                 and min(now - known.last_at, run or cost) < cost)
     else:
-        done_at = known.done_at
-        alone = done_at is None or now - done_at < _QUICK
+        waited_at = last.waited_at
+        alone = waited_at is not None and waited_at - known.last_at < cost
     known.last = None
     if known.probing:
         known.probing = False
@@ -308,11 +313,11 @@ def _recursive(fn: Callable[..., Any], known: _Function, pool: Engine, args: tup
     workers; a recursive call forks if a worker is idle; otherwise the call runs here,
     as the plain function (no fork on any call below it).
     """
+    if not pool.ready():
+        return _run_here(fn, args, kwargs, "starting")  # its own calls look again
     if not recursive:
-        if not pool.ready():
-            pool.start()
         return _run_here(fn, args, kwargs, "recursion")
-    if pool.idle() == 0 or not pool.ready():
+    if pool.idle() == 0:
         plain = known.plain
         if plain is None:
             plain = known.plain = for_workers(fn)

@@ -60,6 +60,7 @@ from .dataflow import start_when_ready
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
 from .task import Chunk, Task
+from .template import Template, preload_names
 from .worker import SLOT
 
 __all__ = ["ProcessPool", "unsendable_argument"]
@@ -76,29 +77,23 @@ _STOP_SECONDS = 2.0  # at shutdown, how long a worker told to stop may take to e
 class _Worker:
     """One worker process and the calls it holds."""
 
-    def __init__(self, path: list[str]) -> None:
+    def __init__(self, path: list[str], template: Optional[Template] = None) -> None:
         parent_end, child_end = _socketpair()
         shm_fd, self.shm = _shared_slot()
-        code = ("import sys; from autofork.runtime.worker import main; "
-                f"main({child_end}, {shm_fd}, {os.getpid()}, sys.argv[1:])")
-        self.process = subprocess.Popen(
-            # -W: the program's warning options hold in the workers too ("error" raises there)
-            [sys.executable, *(f"-W{option}" for option in sys.warnoptions), "-c", code, *path],
-            pass_fds=(child_end, shm_fd), close_fds=True,
-            # Its own session: a terminal's Ctrl-C (sent to the foreground process group)
-            # reaches only this process, which then kills the workers.  (No preexec_fn:
-            # it is not safe in a process with threads, and deadlocked here.)
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        forked = template.fork(child_end, shm_fd, path) if template is not None else None
+        self.process: Any = forked if forked is not None else _spawn(child_end, shm_fd, path)
         os.close(child_end)
         os.close(shm_fd)
         self.conn = Connection(parent_end)
+        self.ready = False  # the worker said hello: it runs a call as soon as it gets one
         self.held: dict[int, tuple] = {}  # queue entries sent, unanswered, in send order
         self.blobs: set[int] = set()  # keys of the large arguments this worker holds
         self.answered: dict[int, tuple[Task, int]] = {}  # answered, being completed
         self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
         self.known: set[int] = set()  # keys of the functions this worker has
         self.states: dict[int, int] = {}  # key -> state of that function's globals here
+        self.sent: dict[int, float] = {}  # --stats: when each call held was sent
+        self.last_end = 0.0  # --stats: when the call it ran last ended
 
     def progress(self) -> tuple[int, int]:
         """(id of the call begun last, id of the call finished last), -1 for none."""
@@ -130,6 +125,21 @@ class _Worker:
     def close(self) -> None:
         self.conn.close()
         self.shm.close()
+
+
+def _spawn(child_end: int, shm_fd: int, path: list[str]) -> subprocess.Popen:
+    """``start_method="spawn"``: the worker is a fresh interpreter."""
+    code = ("import sys; from autofork.runtime.worker import main; "
+            f"main({child_end}, {shm_fd}, {os.getpid()}, sys.argv[1:])")
+    return subprocess.Popen(
+        # -W: the program's warning options hold in the workers too ("error" raises there)
+        [sys.executable, *(f"-W{option}" for option in sys.warnoptions), "-c", code, *path],
+        pass_fds=(child_end, shm_fd), close_fds=True,
+        # Its own session: a terminal's Ctrl-C (sent to the foreground process group)
+        # reaches only this process, which then kills the workers.  (No preexec_fn:
+        # it is not safe in a process with threads, and deadlocked here.)
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
 
 
 def _socketpair() -> tuple[int, int]:
@@ -194,8 +204,12 @@ def _split_method(task: Task) -> tuple[Callable[..., Any], tuple]:
 class ProcessPool:
     """Worker processes, a queue of pickled calls, and the thread that connects them."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, start_method: str = "forkserver") -> None:
         self.size = workers
+        self._start_method = start_method
+        self._template: Optional[Template] = None
+        self._ready = 0  # workers that said hello
+        self._wanted = False  # somebody asked for workers (ready()): fork them now
         # task, fn key, call, blob keys, state of the function's globals (freshness)
         self._queue: deque[tuple[Task, int, bytes, tuple, Optional[tuple]]] = deque()
         self._blobs = _Blobs()
@@ -339,13 +353,7 @@ class ProcessPool:
 
     def _dispatch(self, path: list[str]) -> None:
         try:
-            began = time.perf_counter()
-            for _ in range(self.size):
-                worker = _Worker(path)
-                with self._send_lock:
-                    self._workers[worker.conn] = worker
-            log.info("started %d worker processes", self.size)
-            _phases.note("pool: %d workers started", began, self.size)
+            self._start_workers(path)
             while True:
                 if not self._killing:
                     with self._send_lock:
@@ -365,6 +373,47 @@ class ProcessPool:
                         self._receive(self._workers[source])  # type: ignore[index]
         finally:
             self._stop_workers()
+
+    def _start_workers(self, path: list[str]) -> None:
+        began = time.perf_counter()
+        if self._start_method == "forkserver":
+            self._template = Template(path)
+            # Fork the workers at the first call, not before: the modules the program has
+            # imported by then are imported in the template first (its preload).
+            self._sleeping = True
+            while not (self._queue or self._wanted or self._closing):
+                wait([self._wake_r])
+                os.read(self._wake_r, 4096)
+            self._sleeping = False
+            if self._closing:
+                return
+            self._template.preload(preload_names())
+        for _ in range(self.size):
+            self._add_worker(path)
+        _phases.note("pool: %d workers started", began, self.size)
+        log.info("started %d worker processes (%s)", self.size, self._start_method
+                 if self._template is None or not self._template.broken else "spawn")
+
+    def _add_worker(self, path: list[str]) -> None:
+        template = self._template
+        worker = _Worker(path, template if template is not None and not template.broken
+                         else None)
+        with self._send_lock:
+            self._workers[worker.conn] = worker
+
+    def ready(self) -> bool:
+        """Whether a worker is up and can run a call at once (not while they start).
+
+        Asking means calls are coming: the pool starts, and forks its workers now.
+        """
+        if self._ready:
+            return True
+        if not self._wanted:
+            self._wanted = True
+            if self._thread is None:
+                self.start()
+            os.write(self._wake_w, b"\0")
+        return False
 
     def _room(self, worker: _Worker) -> bool:
         # A second batch in flight hides the round trip for short calls; only when there
@@ -405,6 +454,10 @@ class ProcessPool:
             worker.held[id(task)] = entry
         if not batch:
             return False
+        if stats.active:
+            sent = time.perf_counter()
+            for item in batch:
+                worker.sent[item[0]] = sent
         worker.batches.append(len(batch))
         self.busy += len(batch)
         forget = self._blobs.forgotten(worker.blobs)
@@ -427,11 +480,19 @@ class ProcessPool:
         except (EOFError, OSError):
             self._crashed(worker)
             return
+        received = time.perf_counter()
+        outcomes = pickle.loads(message)
+        if not outcomes:  # the worker's hello: it is ready
+            if not worker.ready:
+                worker.ready = True
+                self._ready += 1
+                if self._ready == 1:
+                    _phases.note("pool: a worker is ready")
+            return
         self._failed_starts = 0
         if not self._answered:
             self._answered = True
             _phases.note("pool: first result")
-        outcomes = pickle.loads(message)
         with self._send_lock:  # the books; the tasks are completed outside the lock
             for entry in outcomes:
                 self._blobs.release(worker.held[entry[0]][3])
@@ -445,7 +506,8 @@ class ProcessPool:
             mean = self._means.get(key)
             self._means[key] = seconds if mean is None else 0.8 * mean + 0.2 * seconds
             if stats.active:
-                stats.ran(task, "process", worker.process.pid, begin, end, calls)
+                stats.ran(task, "process", worker.process.pid, begin, end, calls,
+                          _overhead(worker, task_id, begin, end, received - outcomes[-1][4]))
             if not ok:
                 task.set_failure(pickle.loads(outcome))
             elif type(task) is Chunk:
@@ -467,6 +529,8 @@ class ProcessPool:
             cause += "; worker processes cannot start, see their error output"
         done, running, later = worker.sort_held()
         self.busy -= len(worker.held)
+        if worker.ready:
+            self._ready -= 1
         del self._workers[worker.conn]
         worker.close()
         if not self._killing:
@@ -485,7 +549,9 @@ class ProcessPool:
         for entry in reversed(later):
             entry[0].requeue()
             self._queue.appendleft(entry)
-        replacement = _Worker(list(sys.path))
+        template = self._template
+        replacement = _Worker(list(sys.path), template if template is not None
+                              and not template.broken else None)
         self._workers[replacement.conn] = replacement
 
     def _stop_workers(self) -> None:
@@ -516,6 +582,10 @@ class ProcessPool:
                                                 "autofork was shutting down"))
             worker.close()
         self._workers = {}
+        self._ready = 0
+        if self._template is not None:
+            self._template.close()
+            self._template = None
         for task, *_ in list(self._queue):
             if task.claim():
                 task.set_failure(_crash_failure(task, "not started", "autofork was shutting down"))
@@ -537,6 +607,16 @@ def _function_and_globals(worker: _Worker, key: int, state: Optional[tuple[int, 
     if number == 0:
         return functions[key], None  # the state it was pickled with: load it afresh
     return None, update
+
+
+def _overhead(worker: _Worker, task_id: int, begin: float, end: float, back: float) -> float:
+    """What autofork added to one call: the trip to the worker once it could run there
+    (not the time it waited in the queue or behind the calls before it), and the trip
+    of its result back (``back``, not the time it waited for the rest of its message)."""
+    sent = worker.sent.pop(task_id, begin)
+    there = max(0.0, begin - max(sent, worker.last_end))
+    worker.last_end = end
+    return there + back
 
 
 def _describe_exit(code: int) -> str:

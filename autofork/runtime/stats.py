@@ -5,6 +5,13 @@ Off by default, and then nothing is recorded: the hot paths test ``stats.active`
 one Chrome trace event per task (worker, start, end, function), which Perfetto and
 ``chrome://tracing`` open.  Times come from ``time.perf_counter``, which is the same
 system-wide monotonic clock in the workers (Linux CLOCK_MONOTONIC).
+
+The table, per function: its calls; how many ran in the caller, each reason counted on
+a line of its own (too small to gain, a chain whose calls overlap nothing, the outer call
+of a recursion, no worker ready yet, measuring its cost); where the forked ones ran; the
+mean run time; the overhead, what autofork added to a forked call (the trip to a worker
+once one was free, and the trip of the result back: not the time spent waiting in the
+queue); and the parallelism achieved.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class _Function:
         self.first = float("inf")
         self.last = 0.0
         self.forked_busy = 0.0  # of busy: in workers, threads or the event loop
-        self.overhead = 0.0  # seconds from fork to result beyond the run time, summed
+        self.overhead = 0.0  # seconds autofork added to forked calls (queueing excluded), summed
         self.timed = 0  # forked calls whose overhead is known
 
 
@@ -96,11 +103,12 @@ def inline(name: str, seconds: float, why: str = "small") -> None:
 
 
 def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int = 1,
-        queued: float = 0.0) -> None:
+        overhead: Optional[float] = None) -> None:
     """``calls`` calls of ``task.fn`` ran at ``place`` (in ``worker``) from ``begin`` to ``end``.
 
-    ``queued``: of the time from fork to result, the seconds the task waited for a free
-    worker (or behind other calls of its batch); not counted as overhead.
+    ``overhead``: the seconds autofork added to the task, if the executor knows them
+    (without the time it waited for a free worker); else the time from fork to result
+    beyond the run time.
     """
     name = task.name
     with _lock:
@@ -109,9 +117,11 @@ def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int
         entry.busy += end - begin
         entry.forked_busy += end - begin
         submitted = _submitted.pop(id(task), None)
-        if submitted is not None:
-            latency = time.perf_counter() - submitted
-            entry.overhead += max(0.0, latency - queued - (end - begin))
+        if overhead is not None:
+            entry.overhead += overhead  # a chunk's calls share its trip
+            entry.timed += calls
+        elif submitted is not None:
+            entry.overhead += max(0.0, time.perf_counter() - submitted - (end - begin))
             entry.timed += 1
         entry.first = min(entry.first, begin)
         entry.last = max(entry.last, end)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pickle
 import sys
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -41,6 +42,7 @@ class Task:
 
     __slots__ = ("fn", "args", "kwargs", "kind", "site", "state", "value", "failure",
                  "_latch", "_callbacks", "_claim", "inputs", "executor", "seq", "output",
+                 "waited_at",
                  "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str,
@@ -65,6 +67,9 @@ class Task:
         # call wrote, set by whoever ran it, emitted in call order when the task is done.
         self.seq = -1
         self.output: Optional[list] = None
+        # When somebody first waited for it unfinished (granularity learns from it
+        # whether forking overlapped anything); None while nobody has.
+        self.waited_at: Optional[float] = None
 
     @property
     def name(self) -> str:
@@ -150,6 +155,8 @@ class Task:
         """Wait until done; run the task here if it is still queued.  False on timeout."""
         if self.state == DONE:
             return True
+        if self.waited_at is None:
+            self.waited_at = time.perf_counter()
         if self.state == WAITING and self.inputs:
             _help(self.inputs)
         executor = self.executor

@@ -1,15 +1,17 @@
 """The worker process: receives batches of calls, runs them, sends back the outcomes.
 
-Started by ``processes.ProcessPool`` as ``python -c "...worker.main(fd, shm_fd, parent,
-sys.argv[1:])" *sys.path``: the connection's and the shared memory's file descriptors,
-the parent's pid (the worker dies with it) and the parent's ``sys.path``.  A fresh
-interpreter: the user's script is never re-run, and no thread of the parent is forked.
+Forked from the template process (``template``, ``start_method="forkserver"``), or started
+by ``processes.ProcessPool`` as ``python -c "...worker.main(fd, shm_fd, parent,
+sys.argv[1:])" *sys.path`` (``"spawn"``): the connection's and the shared memory's file
+descriptors, the parent's pid (the worker dies with it) and the parent's ``sys.path``.
+Either way the user's script is never re-run in it, and no thread of the program is forked.
 
 Protocol, one pickled list per message over a ``multiprocessing.connection.Connection``:
 
     parent -> worker   (forget, [(task_id, fn_key, fn_bytes or None, call_bytes, many,
                                  new_blobs, refs, globals_update or None), ...]) | None (stop)
     worker -> parent   [(task_id, ok, outcome_bytes, begin, end, output), ...]
+                       (the first message, empty, says the worker is ready)
 
 ``call_bytes`` is one pickled ``(args, kwargs)``, or with ``many`` a list of them (a chunk
 of short calls, see ``granularity``), answered by one pickled list of ``(ok, value)``.
@@ -305,6 +307,7 @@ def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
 
     slot = mmap.mmap(shm_fd, SLOT.size)
     conn = Connection(fd)
+    _send(conn, [])  # hello: ready for calls
     try:
         _serve(conn, slot)
     finally:

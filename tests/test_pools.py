@@ -1,0 +1,144 @@
+"""The process pool's start: the caller never waits for a worker, workers come from a
+template process (start_method), and --stats tells where each call ran and why."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from autofork import configure, evaluate, fork
+
+from conftest import run_script
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_the_first_call_runs_in_the_caller_while_no_worker_is_ready(tmp_path):
+    result = run_script(tmp_path, """
+        import os, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def who(k):
+            time.sleep(0.01)
+            return os.getpid()
+
+        print(who(0) == os.getpid())  # no worker is ready yet: it runs here
+        deadline = time.monotonic() + 60
+        while who(1) == os.getpid():  # the workers came up meanwhile
+            assert time.monotonic() < deadline, "no call was ever forked"
+        print("forked later")
+    """, module=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True\nforked later\n"
+
+
+def _parent_of_worker() -> int:
+    return os.getppid()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_start_method_decides_where_workers_come_from(method):
+    configure(start_method=method)
+    try:
+        parent = evaluate(fork(_parent_of_worker))
+    finally:
+        configure(start_method="forkserver")
+    if method == "spawn":
+        assert parent == os.getpid()  # a fresh interpreter started by this process
+    else:
+        assert parent != os.getpid()  # forked by the template process
+
+
+def test_start_method_fork_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="fork.*threads.*forkserver"):
+        configure(start_method="fork")
+
+
+@pytest.mark.parametrize("method, preloaded", [("forkserver", True), ("spawn", False)])
+def test_modules_imported_before_the_first_fork_are_ready_in_the_workers(tmp_path, method,
+                                                                          preloaded):
+    result = run_script(tmp_path, """
+        import sys
+        import hypothesis  # a third-party module the workers do not import themselves
+        from autofork import evaluate, fork
+
+        def already_there():
+            return "hypothesis" in sys.modules
+
+        print(evaluate(fork(already_there)))
+    """, env={"AUTOFORK_START_METHOD": method})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{preloaded}\n"
+
+
+def test_stats_counts_each_reason_a_call_ran_in_the_caller(tmp_path):
+    result = run_script(tmp_path, """
+        import time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def work(x):
+            time.sleep(0.005)
+            return x
+
+        print(sum([work(i) for i in range(200)]))
+    """, module=True, options=("--stats",))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "19900\n"
+    row = next(line for line in result.stderr.splitlines() if line.startswith("work "))
+    found = re.search(r"process (\d+)", row)
+    forked = int(found.group(1)) if found else 0  # a slow machine: no worker came up in time
+    here = int(row.split()[2])
+    assert forked + here == 200
+    assert "too small" not in result.stderr  # 5 ms calls are not too small
+    if here:
+        assert f"no worker was ready yet ({here} of 200 calls)" in result.stderr
+
+
+def test_stats_overhead_leaves_out_the_time_spent_in_the_queue(tmp_path):
+    result = run_script(tmp_path, """
+        import time
+        from autofork import evaluate, fork
+
+        def work(x):
+            time.sleep(0.05)
+            return x
+
+        evaluate(fork(work, 0))  # the workers are up
+        print(sum(evaluate(fork(work, i)) for i in [0]) + sum([fork(work, i) for i in range(40)]))
+    """, module=True, options=("--stats",))
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stderr.splitlines() if line.startswith("work "))
+    value, unit = re.search(r"([\d.]+) (µs|ms|s)\s+[\d.]+x$", row).groups()
+    seconds = float(value) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+    # 40 calls of 50 ms on 2 workers wait 0.5 s in the queue on average: that is not
+    # autofork's overhead.  A trip to a worker and back takes well under 0.15 s.
+    assert seconds < 0.15, row
+
+
+def test_a_worker_forked_from_the_template_dies_with_the_program(tmp_path):
+    result = run_script(tmp_path, """
+        import os
+        from autofork import evaluate, fork
+
+        print(evaluate(fork(os.getpid)))
+        os._exit(0)  # no clean shutdown at all
+    """)
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
