@@ -1105,7 +1105,7 @@ from autofork.runtime import implicit as _autofork_rt; from autofork import impl
 def fib(n):
     if n < 2:
         return n
-    return _autofork_rt.fork(fib, n - 1) + _autofork_rt.fork(fib, n - 2)
+    return _autofork_rt.fork_recursive(fib, n - 1) + _autofork_rt.fork_recursive(fib, n - 2)
 
 def outer():
     @implicit_fork

@@ -57,7 +57,7 @@ from .executor import submit_or_fail
 from .marks import kind_of
 from .plain import for_workers
 from .proxy import ResultProxy, new_proxy
-from .task import DONE, Chunk, ChunkItem, Task, track
+from .task import DONE, QUEUED, Chunk, ChunkItem, Task, track
 
 if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
     from .executor import Engine
@@ -204,8 +204,8 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
     pool = engine.backend()
     if known.recursive:
         return _recursive(fn, known, pool, args, kwargs, recursive)
-    if not pool.ready():
-        return _timed(fn, known, args, kwargs, "starting")  # never wait for a worker
+    pool.ready()  # asking starts the workers; while none is ready, a caller that waits
+    # for one of these calls runs it itself (processes.ProcessPool.steal)
     if mean is None:
         mean = pool.mean_seconds(fn)
         if mean is not None:
@@ -221,6 +221,7 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
     if known.size and not seen:
         return _chunked(fn, known, args, kwargs)
     task = start(fn, args, kwargs, "cpu")
+    task.caller_may_run = True
     _watch(known, task)
     return new_proxy(task)
 
@@ -389,6 +390,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
             _overlap(fn, known, [])
             chunk = known.chunk = Chunk(fn)
             chunk.snapshot = state
+            chunk.caller_may_run = True
             _watch(known, chunk)
             chunk.executor = _flusher
             known.opened = time.monotonic()
@@ -462,11 +464,12 @@ class _Flusher:
         _send(chunk)
 
     def steal(self, chunk: Task) -> bool:
-        """Somebody waits for a call of an open chunk: send it now (to a worker)."""
+        """Somebody waits for a call of an open chunk: send it now (to a worker), or run
+        it here while no worker is ready."""
         known = _functions.get(chunk.fn)
         if known is not None and known.chunk is chunk:
             _flush(known)
-        return False
+        return chunk.state == QUEUED and engine.backend().steal(chunk)
 
     def close(self, kill: bool = False) -> None:
         """Send every open chunk."""

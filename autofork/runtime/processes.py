@@ -52,8 +52,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
 from .. import _phases
-from . import stats
-from . import freshness
+from . import freshness, output, stats
 from .errors import Failure, NotSendable, WorkerCrashed
 from .freshness import Watch
 from .dataflow import start_when_ready
@@ -288,7 +287,7 @@ class ProcessPool:
             if not self._sleeping or self._closing:
                 return False
             for worker in self._workers.values():
-                if not worker.batches:
+                if not worker.batches and worker.ready:
                     return self._send_batch(worker) and not self._queue
         return False
 
@@ -303,8 +302,25 @@ class ProcessPool:
                 self._blocked -= 1
 
     def steal(self, task: Task) -> bool:
-        """Never: a CPU-bound call runs in a worker (its own pid, memory and crash)."""
-        return False
+        """While no worker is ready, run a call the rewriter forked in the waiting thread
+        (the program never waits for a worker to start).  Never an explicit ``fork``: it
+        runs in a worker, with its own pid, memory and crash."""
+        if self._ready or not task.caller_may_run or not task.claim():
+            return False  # the dispatcher skips a claimed entry of the queue
+        began = time.perf_counter()
+        if type(task) is Chunk:
+            _run_chunk_here(task, self._queued_call(task))  # type: ignore[arg-type]
+        else:
+            task.run_here()
+        if stats.active:
+            stats.ran_here(task, time.perf_counter() - began, "starting")
+        return True
+
+    def _queued_call(self, task: Task) -> bytes:
+        for entry in list(self._queue):
+            if entry[0] is task:
+                return entry[2]
+        raise RuntimeError(f"autofork: {task.name}() is not in the queue")  # pragma: no cover
 
     def mean_seconds(self, fn: Callable[..., Any]) -> Optional[float]:
         """The measured mean run time of one call of ``fn`` in a worker, if known."""
@@ -416,6 +432,8 @@ class ProcessPool:
         return False
 
     def _room(self, worker: _Worker) -> bool:
+        if not worker.ready:
+            return False  # until then a waiting caller may still run a call itself
         # A second batch in flight hides the round trip for short calls; only when there
         # is work for every worker, else one worker would hold what another could run.
         if not worker.batches:
@@ -617,6 +635,25 @@ def _overhead(worker: _Worker, task_id: int, begin: float, end: float, back: flo
     there = max(0.0, begin - max(sent, worker.last_end))
     worker.last_end = end
     return there + back
+
+
+def _run_chunk_here(chunk: Chunk, call: bytes) -> None:
+    """Run a claimed chunk's calls in this thread (their arguments are in ``call``)."""
+    outcomes: list = []
+    written: list = []
+    for item, (args, kwargs) in zip(chunk.items, pickle.loads(call)):
+        captured: list = []
+        try:
+            if item.seq < 0:
+                value = chunk.fn(*args, **kwargs)
+            else:
+                value = output.run_captured(chunk.fn, args, kwargs, captured)
+            outcomes.append((True, value))
+        except BaseException as exc:  # noqa: BLE001 - the item's caller sees it
+            outcomes.append((False, Failure.local(exc, skip=1)))
+        written.append(captured or None)
+    chunk.output = written if any(written) else None
+    chunk.set_outcomes(outcomes)
 
 
 def _describe_exit(code: int) -> str:

@@ -102,6 +102,21 @@ def inline(name: str, seconds: float, why: str = "small") -> None:
         counts[1] += seconds
 
 
+def ran_here(task: Any, seconds: float, why: str) -> None:
+    """A forked ``task`` ran in the thread that waited for it (``why``: as ``inline``)."""
+    calls = len(task.items) if hasattr(task, "items") else 1
+    with _lock:
+        _submitted.pop(id(task), None)
+        entry = _entry(task.name)
+        entry.inline += calls
+        entry.busy += seconds
+        counts = entry.here.get(why)
+        if counts is None:
+            counts = entry.here[why] = [0, 0.0]
+        counts[0] += calls
+        counts[1] += seconds
+
+
 def ran(task: Any, place: str, worker: Any, begin: float, end: float, calls: int = 1,
         overhead: Optional[float] = None) -> None:
     """``calls`` calls of ``task.fn`` ran at ``place`` (in ``worker``) from ``begin`` to ``end``.

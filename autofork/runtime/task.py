@@ -42,7 +42,7 @@ class Task:
 
     __slots__ = ("fn", "args", "kwargs", "kind", "site", "state", "value", "failure",
                  "_latch", "_callbacks", "_claim", "inputs", "executor", "seq", "output",
-                 "waited_at",
+                 "waited_at", "caller_may_run",
                  "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str,
@@ -70,6 +70,9 @@ class Task:
         # When somebody first waited for it unfinished (granularity learns from it
         # whether forking overlapped anything); None while nobody has.
         self.waited_at: Optional[float] = None
+        # A call the rewriter forked: while no worker is ready, a thread that waits for
+        # it may run it itself (an explicit fork always runs in a worker).
+        self.caller_may_run = False
 
     @property
     def name(self) -> str:
