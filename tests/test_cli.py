@@ -143,8 +143,10 @@ def test_a_marked_function_imported_from_a_module_runs_in_another_process(tmp_pa
     """)
     write(tmp_path / "main.py", """
         import json, os
+        from autofork import evaluate, fork
         from helper import where
 
+        evaluate(fork(abs, 1))  # workers are up (before, a waiting caller may run a call)
         pids = []
         for i in range(4):
             pids.append(where(i))
@@ -272,6 +274,8 @@ def test_compare_fails_when_the_output_depends_on_the_process(tmp_path: Path) ->
             time.sleep(0.2)
             return os.getpid()
 
+        from autofork import evaluate, fork
+        evaluate(fork(abs, 1))  # workers are up (before, a waiting caller may run a call)
         pids = []
         for _ in range(3):
             pids.append(where())

@@ -553,6 +553,8 @@ def test_trust_effects_works_without_autofork_and_forks_with_it(tmp_path: Path) 
             out.append(x)
             return os.getpid()
 
+        from autofork import evaluate, fork
+        evaluate(fork(abs, 1))  # workers are up (before, a waiting caller may run a call)
         out = []
         pids = [tag(out, i) for i in range(6)]
         print(sorted(out) if len(out) == 6 else "caller saw no appends")

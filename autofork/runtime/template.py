@@ -178,6 +178,15 @@ def preload_names() -> list[str]:
 
 def serve(fd: int, parent: int, path: list[str]) -> None:
     """Entry point of the template process."""
+    try:
+        _serve(fd, parent, path)
+    except OSError:
+        if os.getppid() == parent:
+            raise
+        # The program is gone (it exited while this process started): leave quietly.
+
+
+def _serve(fd: int, parent: int, path: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _kill_me_with_parent()
     sys.path[:] = path
