@@ -20,8 +20,9 @@ and decides per call:
   the workers; with every worker busy, a call runs as the plain function (``plain``).
   Recursion is what the rewriter saw: it rewrites a function's calls of itself into
   ``fork_recursive`` (not ``fork``), so ``def save(img): img.save()`` is not recursive;
-* while no worker is ready yet (the pool is starting), a call runs here, timed: the
-  program never waits for a worker to start.
+* while no worker is ready yet (the pool is starting), a call is queued as usual, and a
+  thread that waits for it runs it itself (``ProcessPool.steal``): the program never
+  waits for a worker to start; a recursive call then runs here.
 
 Whatever the run time, forking pays only if something overlaps the call.  A chain, where
 each call takes the previous call's result (``state = step(state, k)``) or the caller
@@ -133,7 +134,7 @@ def _learn(fn: Callable[..., Any]) -> _Function:
 def _calls_itself(fn: Any) -> bool:
     """Whether the rewriter found a call of ``fn`` by itself (``fork_recursive``)."""
     names = fn.__code__.co_names
-    return RECURSIVE_CALL in names and any(name.startswith("_autofork") for name in names)
+    return RECURSIVE_CALL in names
 
 
 def call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool = False) -> Any:

@@ -46,7 +46,7 @@ def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
 
 def fork_recursive(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """``fork`` at a call site inside ``fn`` itself: the rewriter saw the recursion."""
-    if fn in _inline:
+    if fn in running_inline:
         return fn(*args, **kwargs) if kwargs else fn(*args)
     return call(fn, args, kwargs, True)
 
@@ -83,7 +83,7 @@ class Joiner:
 
     def fork_recursive(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fork`` at a call site inside ``fn`` itself (see the module's ``fork_recursive``)."""
-        if fn in _inline:
+        if fn in running_inline:
             return fn(*args, **kwargs) if kwargs else fn(*args)
         return self._join(call(fn, args, kwargs, True))
 

@@ -24,6 +24,14 @@ work.  A ``Chunk`` (granularity) is one queued task holding many short calls.
 While the dispatcher sleeps, a forking thread hands its call straight to an idle worker
 (``_send_direct``): one call at a time then costs two thread switches less.
 
+Start: the dispatcher thread starts the workers, never the forking thread.  With
+``start_method="forkserver"`` it first starts the template process (``template``) and
+forks the workers from it once calls are coming (the first queued call, or
+``ready()``), so that the modules imported by then are preloaded; with ``"spawn"`` each
+worker is a fresh interpreter.  A worker gets calls only after its hello (the first,
+empty message); until one is ready, a thread that waits for a call the rewriter forked
+runs it itself (``steal``): the program never waits for a worker to start.
+
 A worker writes the id of the call it starts and of the call it finishes into shared
 memory; when it dies, the pool fails the call it was running with ``WorkerCrashed``,
 re-queues those it had not begun, and starts a replacement.  A large immutable argument
@@ -308,6 +316,9 @@ class ProcessPool:
         if self._ready or not task.caller_may_run or not task.claim():
             return False  # the dispatcher skips a claimed entry of the queue
         began = time.perf_counter()
+        # As a worker would run it: the plain function (its marked calls are plain calls),
+        # so that its value is a value, never a proxy of more forks.
+        task.fn = for_workers(task.fn)
         if type(task) is Chunk:
             _run_chunk_here(task, self._queued_call(task))  # type: ignore[arg-type]
         else:
