@@ -76,6 +76,7 @@ def test_once_inline_a_tiny_function_costs_one_call_level(tmp_path):
 
 
 def test_short_calls_travel_in_chunks_to_workers_and_fail_one_by_one():
+    _workers_ready()  # before, a waiting caller may run the calls itself
     results = [implicit.fork(short, i) for i in range(1500)]
     chunked = [r for r in results if type(r) is ResultProxy
                and type(r._autofork_task) is ChunkItem]
@@ -294,7 +295,8 @@ def test_calls_whose_values_are_needed_at_once_end_up_in_the_caller():
     for k in range(300):
         pids.append(evaluate(implicit.fork(step, k, k))[1])  # the value is used at once
     assert pids[0] != os.getpid()  # forked while autofork learned
-    assert pids[-50:] == [os.getpid()] * 50
+    # all in the caller but a probe (one call in 64 or more forks, to look for overlap)
+    assert pids[-50:].count(os.getpid()) >= 45
     assert granularity._functions[step].serial
 
 
