@@ -121,6 +121,7 @@ def test_recursion_forks_only_while_a_worker_is_idle(tmp_path):
             return n if n < 2 else fib(n - 1) + fib(n - 2)
 
         me = os.getpid()
+        evaluate_all([fork(hold, 0.3) for _ in range(2)])  # the workers are up (ready)
         busy = [fork(hold, 1.5) for _ in range(2)]  # both workers have work
         pids = evaluate(leaves(6))
         print(len(pids), sorted(set(pids) - {me}))  # so every leaf ran here
