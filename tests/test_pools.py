@@ -20,6 +20,8 @@ def test_the_first_call_runs_in_the_caller_while_no_worker_is_ready(tmp_path):
     result = run_script(tmp_path, """
         import os, time
         from autofork import implicit_fork
+        from autofork.runtime import processes
+        processes._CALLER_RUNS = True  # off by default for now (see the README)
 
         @implicit_fork
         def who(k):
