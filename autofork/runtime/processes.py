@@ -66,7 +66,7 @@ from .freshness import Watch
 from .dataflow import start_when_ready
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
-from .task import Chunk, Task
+from .task import QUEUED, Chunk, Task
 from .template import Template, preload_names
 from .worker import SLOT
 
@@ -388,7 +388,7 @@ class ProcessPool:
                 if not self._killing:
                     with self._send_lock:
                         self._send_work()
-                if self._closing and (self._killing or not self._queue and self.busy == 0):
+                if self._closing and (self._killing or self.busy == 0 and self._nothing_to_send()):
                     break
                 self._sleeping = True
                 if self._queue and self._has_room():
@@ -415,14 +415,21 @@ class ProcessPool:
                 wait([self._wake_r])
                 os.read(self._wake_r, 4096)
             self._sleeping = False
-            if self._closing:
-                return
+            if self._closing and self._nothing_to_send():
+                return  # exit does not start workers that nothing is left for
             self._template.preload(preload_names())
         for _ in range(self.size):
             self._add_worker(path)
         _phases.note("pool: %d workers started", began, self.size)
         log.info("started %d worker processes (%s)", self.size, self._start_method
                  if self._template is None or not self._template.broken else "spawn")
+
+    def _nothing_to_send(self) -> bool:
+        """Whether every queued call was taken by a waiting thread (a stolen call stays
+        in the queue until a batch skips it).  Closing waits for the others only: before
+        this, a call the caller ran itself while the pool started kept the dispatcher
+        waiting at exit for workers that were never started (a hang)."""
+        return all(entry[0].state != QUEUED for entry in list(self._queue))
 
     def _add_worker(self, path: list[str]) -> None:
         template = self._template
