@@ -31,7 +31,7 @@ LAYERS = [
      "freshness"},
     {"task", "executor"},
     {"proxy", "dataflow", "lazy", "settle"},
-    {"processes", "worker", "threads", "aio", "dask_backend", "folds"},
+    {"processes", "worker", "template", "threads", "aio", "dask_backend", "folds"},
     {"engine"},
     {"api", "granularity", "implicit"},
 ]

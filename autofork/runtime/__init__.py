@@ -11,7 +11,8 @@ Layers, bottom up; each imports only from below (``tests/test_layers.py`` checks
    ``notices`` ``freshness``: exceptions, pickling, marks, settings, figures
 1. ``task`` (the future) and ``executor`` (the contract of what runs tasks)
 2. ``proxy`` ``dataflow`` ``lazy`` ``settle``: values that are not there yet
-3. ``processes`` / ``worker`` (the process pool, both sides), ``threads``, ``aio``,
+3. ``processes`` / ``worker`` (the process pool, both sides), ``template`` (the clean
+   process workers are forked from), ``threads``, ``aio``,
    ``dask_backend``, ``folds``: the executors
 4. ``engine``: which executors run, started on first use; the end of the program
 5. ``api`` (the public functions), ``granularity`` (inline, chunk or fork, by cost),
