@@ -262,7 +262,7 @@ class DaskBackend:
         self._collector = threading.Thread(target=self._collect, name="autofork-dask",
                                            daemon=True)
         self._collector.start()
-        log.info("autofork: CPU-bound forks go to the Dask scheduler at %s", address)
+        log.debug("autofork: CPU-bound forks go to the Dask scheduler at %s", address)
 
     # -- sending ---------------------------------------------------------------------
 

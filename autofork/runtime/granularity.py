@@ -276,11 +276,11 @@ def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
         else:
             known.streak = 0
             known.probe_every = _PROBE_FIRST
-            log.info("%s: its calls overlap again: forking them", fn.__qualname__)
+            log.debug("%s: its calls overlap again: forking them", fn.__qualname__)
         return
     known.streak = known.streak + 1 if alone else 0
     if known.streak >= _SERIAL_AFTER:
-        log.info("%s: each call waited for the one before (a chain): running its calls "
+        log.debug("%s: each call waited for the one before (a chain): running its calls "
                  "in the caller", fn.__qualname__)
         _go_serial(fn, known)
 
@@ -340,7 +340,7 @@ def _run_here(fn: Callable[..., Any], args: tuple, kwargs: dict, why: str) -> An
 def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = None) -> None:
     inline = mean < _INLINE_BELOW
     if inline != known.inline or known.mean is None:
-        log.info("%s takes %.1f µs a call: %s", getattr(fn, "__qualname__", fn), mean * 1e6,
+        log.debug("%s takes %.1f µs a call: %s", getattr(fn, "__qualname__", fn), mean * 1e6,
                  "running it inline" if inline else
                  "sending its calls in chunks" if mean < _CHUNK_BELOW else "forking each call")
     known.mean = mean

@@ -421,7 +421,7 @@ class ProcessPool:
         for _ in range(self.size):
             self._add_worker(path)
         _phases.note("pool: %d workers started", began, self.size)
-        log.info("started %d worker processes (%s)", self.size, self._start_method
+        log.debug("started %d worker processes (%s)", self.size, self._start_method
                  if self._template is None or not self._template.broken else "spawn")
 
     def _nothing_to_send(self) -> bool:
