@@ -281,7 +281,7 @@ def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
     known.streak = known.streak + 1 if alone else 0
     if known.streak >= _SERIAL_AFTER:
         log.debug("%s: each call waited for the one before (a chain): running its calls "
-                 "in the caller", fn.__qualname__)
+                  "in the caller", fn.__qualname__)
         _go_serial(fn, known)
 
 
@@ -341,8 +341,8 @@ def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = No
     inline = mean < _INLINE_BELOW
     if inline != known.inline or known.mean is None:
         log.debug("%s takes %.1f µs a call: %s", getattr(fn, "__qualname__", fn), mean * 1e6,
-                 "running it inline" if inline else
-                 "sending its calls in chunks" if mean < _CHUNK_BELOW else "forking each call")
+                  "running it inline" if inline else
+                  "sending its calls in chunks" if mean < _CHUNK_BELOW else "forking each call")
     known.mean = mean
     known.inline = inline
     if inline and not stats.active and fn is not None:
