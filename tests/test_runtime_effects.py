@@ -329,3 +329,57 @@ def test_an_argument_changed_in_a_worker_is_reported_once(tmp_path: Path) -> Non
     assert ("fill() changed its argument 'bag' (Bag) in a worker process, where it was a "
             "copy") in forked.stderr
     assert "total()" not in forked.stderr  # its arguments came back as they went
+
+
+# -- 6. bytes and file descriptors of the streams in a worker ------------------------------
+
+BINARY = """
+    import os, subprocess, sys, time
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def emit(i):
+        time.sleep(0.05)  # long enough to be forked
+        sys.stdout.write("text %d\\n" % i)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"bytes %d\\n" % i)
+        sys.stdout.buffer.writelines([bytearray(b"more %d\\n" % i)])
+        sys.stdout.buffer.flush()
+        sys.stderr.buffer.write(b"err %d\\n" % i)
+        return os.getpid()
+
+    @implicit_fork
+    def child(i):
+        time.sleep(0.05)
+        # a subprocess writing to the inherited descriptor of sys.stdout
+        subprocess.run([sys.executable, "-c", f"print('child {i}')"], stdout=sys.stdout,
+                       check=True)
+        return sys.stdout.fileno() == 1 and os.getpid()
+
+    pids = [emit(i) for i in range(4)]
+    print("between")
+    sys.stdout.flush()
+    pids += [child(i) for i in range(2)]
+    print("end")
+    print("elsewhere", any(pid not in (False, os.getpid()) for pid in pids), file=sys.stderr)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_writes_bytes_and_hands_its_descriptors_on(tmp_path: Path) -> None:
+    plain = run_script(tmp_path, BINARY)
+    forked = run_script(tmp_path, BINARY, module=True, env={"AUTOFORK_WORKERS": "2"})
+    assert plain.returncode == forked.returncode == 0, forked.stderr
+    # What the calls wrote through sys.stdout, text and bytes, comes in call order ...
+    head = forked.stdout.split("between\n")[0]
+    assert head == plain.stdout.split("between\n")[0]
+    assert head.startswith("text 0\nbytes 0\nmore 0\ntext 1\n")
+    # ... the subprocesses wrote to the inherited descriptor: all there, in any order (a
+    # raw descriptor is not ordered, see the README), before the loop ended
+    tail = forked.stdout.split("between\n")[1]
+    assert tail.endswith("end\n")
+    assert sorted(tail.replace("child", "\nchild").split()) == ["0", "1", "child", "child", "end"]
+    assert [line for line in forked.stderr.splitlines() if line.startswith("err")] == [
+        "err 0", "err 1", "err 2", "err 3"]
+    assert "elsewhere True" in forked.stderr
+    assert "elsewhere False" in plain.stderr

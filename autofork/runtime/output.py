@@ -58,6 +58,7 @@ __all__ = ["begin", "end", "flush", "run_captured", "capture_in_worker", "take",
 # Kinds of captured entries: (kind, payload).
 _OUT, _ERR, _LOG, _WARN, _TEXT = 1, 2, 3, 4, 0  # _TEXT: (stream, text) the caller wrote
 _CHANGED = 5  # a call changed arguments in a worker: (function, file, line, [(label, type)])
+_OUT_BYTES, _ERR_BYTES = 6, 7  # bytes written to sys.stdout.buffer / sys.stderr.buffer
 
 _capture: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
     "autofork_capture", default=None)
@@ -252,6 +253,8 @@ def _emit(batch: list, log: _Log) -> None:
                 stream = getattr(wrapper, "_stream", wrapper)
                 if stream is not None:
                     stream.write(payload)
+            elif kind == _OUT_BYTES or kind == _ERR_BYTES:
+                _write_bytes(log.out if kind == _OUT_BYTES else log.err, payload)
             elif kind == _LOG:
                 _handle(payload)
             elif kind == _WARN:
@@ -262,6 +265,19 @@ def _emit(batch: list, log: _Log) -> None:
             _write_stderr(log, warnings.formatwarning(str(error), type(error), *payload[2:]))
         except Exception:  # noqa: BLE001 - a closed stream, a failing handler: go on
             pass
+
+
+def _write_bytes(wrapper: Any, data: bytes) -> None:
+    """What a call wrote to ``sys.stdout.buffer``: to the caller's stream's buffer, as the
+    same write did sequentially (a stream without one, a ``StringIO``, gets it decoded)."""
+    stream = getattr(wrapper, "_stream", wrapper)
+    if stream is None:
+        return
+    binary = getattr(stream, "buffer", None)
+    if binary is not None:
+        binary.write(data)
+    else:
+        stream.write(data.decode(getattr(stream, "encoding", None) or "utf-8", "replace"))
 
 
 def _write_stderr(log: _Log, text: str) -> None:
@@ -327,20 +343,61 @@ _captured: list = []
 
 
 class _Capture:
-    """A worker's ``sys.stdout``/``sys.stderr``: writes go to the call's list."""
+    """A worker's ``sys.stdout``/``sys.stderr``: writes, of text or of bytes to its
+    ``buffer``, go to the call's list.  Anything else is the worker's real stream's: its
+    ``fileno()`` is the caller's terminal or pipe, inherited, so a subprocess given
+    ``stdout=sys.stdout`` writes there directly (not ordered, as raw fd writes never are)."""
 
     encoding = "utf-8"
     errors = "strict"
 
     def __init__(self, which: int) -> None:
         self._which = which
+        self.buffer = _BytesCapture(_OUT_BYTES if which == _OUT else _ERR_BYTES)
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         _captured.append((self._which, text))
         return len(text)
 
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.__stdout__ if self._which == _OUT else sys.__stderr__, name)
+
+
+class _BytesCapture:
+    """A worker's ``sys.stdout.buffer``: bytes written go to the call's list."""
+
+    def __init__(self, which: int) -> None:
+        self._which = which
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)  # a bytearray or memoryview may change after the call
+        _captured.append((self._which, data))
+        return len(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
 
     def isatty(self) -> bool:
         return False
