@@ -24,6 +24,10 @@ the global random generator        ``random.random()``, ``random.shuffle(p)``,  
                                    ``random.Random(seed)``, ``default_rng``)
 calls a same-module function       its effects, with each argument it changes   plain
                                    mapped to what the caller passed
+returns a generator expression     ``return (f(x) for x in xs)``: a generator   plain
+                                   cannot be sent back from another process
+                                   (a generator function is kept plain by the
+                                   rewriter itself)
 =================================  ===========================================  =========
 
 A name is resolved by the rewriter's own ``Scopes`` (never by spelling): ``p`` above is a
@@ -102,7 +106,7 @@ class Effect:
 
     function: str    # the function's name
     line: int        # line of the effect in the module's file
-    kind: str        # argument, self, module, enclosing, random
+    kind: str        # argument, self, module, enclosing, random, result
     what: str        # "`out.append(...)` changes the argument `out`"
     fix: str         # "return the new list instead of appending to `out`"
     param: Optional[str] = None   # the parameter changed (kinds argument and self)
@@ -289,6 +293,7 @@ class _Body:
             cst.Assign: self.visit_Assign, cst.AugAssign: self.visit_AugAssign,
             cst.AnnAssign: self.visit_AnnAssign, cst.Del: self.visit_Del, cst.For: self.visit_For,
             cst.NamedExpr: self.visit_NamedExpr, cst.Call: self.visit_Call,
+            cst.Return: self.visit_Return,
         }
 
     def effects(self) -> list[Effect]:
@@ -395,6 +400,12 @@ class _Body:
         if isinstance(node.target, cst.Name):
             self._rebinding(node, node.target.value)
 
+    def visit_Return(self, node: cst.Return) -> None:
+        if isinstance(node.value, cst.GeneratorExp) and self.scope is self.function:
+            self.found.append((node, "result", f"`{self.text(node)}` gives a generator, which "
+                               "cannot be sent back from another process",
+                               "return a list (`return [...]`) or a tuple", None))
+
     # ---- calls
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -496,6 +507,8 @@ class _Body:
         what this call passes for it."""
         name = callee.node.name.value
         for effect in self.finder.effects_of(callee):
+            if effect.kind == "result":
+                continue    # what the callee returns is this function's own value
             owner: Optional[_Owner] = _Owner(effect.kind, effect.param or "")
             if effect.kind in ("argument", "self"):
                 owner = self._passed(node, callee, effect)

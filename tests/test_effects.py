@@ -89,6 +89,7 @@ def test_argument_write_keeps_the_calls_plain_with_one_notice() -> None:
     ("return NPG.integers(3)", "draws from `NPG`, a generator made at module level"),
     ("for k, v in kwargs.items():\n        v.append(x)", "changes the argument `kwargs`"),
     ("args[0].append(x)", "changes the argument `args`"),
+    ("return (row * x for row in table)", "gives a generator, which cannot be sent back"),
 ])
 def test_each_effect_is_found(statement: str, what: str) -> None:
     out = rewritten(textwrap.dedent('''\
@@ -126,6 +127,8 @@ def test_each_effect_is_found(statement: str, what: str) -> None:
     "def inner(v):\n        out = []\n        out.append(v)\n        return out\n    return inner(x)",
     "kwargs.pop('a', None)\n    kwargs['b'] = 1\n    return list(args) + [kwargs]",   # made per call
     "rng = RNG_CLASS(x)\n    return rng.random()",
+    "return [v * x for v in (w + 1 for w in xs)]",                    # a generator used inside
+    "def rows():\n        return (v for v in xs)\n    return list(rows())",
 ])
 def test_no_effect_stays_forked(body: str) -> None:
     out = rewritten(textwrap.dedent('''\
