@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "autofork"
 
 LAYERS = [
     {"errors", "serialize", "marks", "config", "stats", "plain", "output", "notices",
-     "freshness"},
+     "freshness", "context"},
     {"task", "executor"},
     {"proxy", "dataflow", "lazy", "settle"},
     {"processes", "worker", "template", "threads", "aio", "dask_backend", "folds"},

@@ -383,3 +383,45 @@ def test_a_worker_writes_bytes_and_hands_its_descriptors_on(tmp_path: Path) -> N
         "err 0", "err 1", "err 2", "err 3"]
     assert "elsewhere True" in forked.stderr
     assert "elsewhere False" in plain.stderr
+
+
+# -- 7. the caller's working directory and environment -------------------------------------
+
+CONTEXT = """
+    import os, time
+    from autofork import implicit_fork
+
+    for d in "ab":
+        os.makedirs(f"data/{d}", exist_ok=True)
+        with open(f"data/{d}/x.txt", "w") as f:
+            f.write(f"content of {d}")
+    os.chdir("data")  # after the pool started: workers began in the script's directory
+    os.environ["GREETING"] = "hi"
+
+    @implicit_fork
+    def read(name):
+        time.sleep(0.05)  # long enough to be forked
+        with open(name) as f:
+            text = f.read()
+        return f"{text} {os.environ.get('GREETING', 'none')}", os.getpid()
+
+    results = [read("a/x.txt")]
+    for d in "ab":  # the calls are queued together; each runs where it was made
+        os.chdir(d)
+        os.environ["GREETING"] = "hello " + d
+        results.append(read("x.txt"))
+        os.chdir("..")
+    del os.environ["GREETING"]
+    os.environ.update(OTHER="1")
+    results.append(read("b/x.txt"))
+    print([text for text, _ in results])
+    print("elsewhere", any(pid != os.getpid() for _, pid in results))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_calls_run_in_the_directory_and_environment_they_were_made_in(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, CONTEXT)
+    assert forked.splitlines()[0] == plain.splitlines()[0] == str(
+        ["content of a hi", "content of a hello a", "content of b hello b", "content of b none"])
+    assert forked.splitlines()[1] == "elsewhere True"

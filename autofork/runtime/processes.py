@@ -60,7 +60,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
 from .. import _phases
-from . import freshness, output, stats
+from . import context, freshness, output, stats
 from .errors import Failure, NotSendable, WorkerCrashed
 from .freshness import Watch
 from .dataflow import start_when_ready
@@ -102,6 +102,7 @@ class _Worker:
         self.batches: deque[int] = deque()  # unanswered calls of each batch in flight
         self.known: set[int] = set()  # keys of the functions this worker has
         self.states: dict[int, int] = {}  # key -> state of that function's globals here
+        self.where = -1  # the caller's directory/environment generation it is in (context)
         self.sent: dict[int, float] = {}  # --stats: when each call held was sent
         self.last_end = 0.0  # --stats: when the call it ran last ended
 
@@ -217,11 +218,13 @@ class ProcessPool:
     def __init__(self, workers: int, start_method: str = "forkserver") -> None:
         self.size = workers
         self._start_method = start_method
+        context.install()  # before any worker starts: each later change is counted
         self._template: Optional[Template] = None
         self._ready = 0  # workers that said hello
         self._wanted = False  # somebody asked for workers (ready()): fork them now
-        # task, fn key, call, blob keys, state of the function's globals (freshness)
-        self._queue: deque[tuple[Task, int, bytes, tuple, Optional[tuple]]] = deque()
+        # task, fn key, call, blob keys, state of the function's globals (freshness),
+        # generation of the caller's directory and environment (context)
+        self._queue: deque[tuple[Task, int, bytes, tuple, Optional[tuple], int]] = deque()
         self._blobs = _Blobs()
         self._workers: dict[Connection, _Worker] = {}
         self._functions = _FunctionCache()
@@ -264,7 +267,7 @@ class ProcessPool:
         task.executor = self
         if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
             self._wait_for_room()
-        self._queue.append((task, key, call, blobs, state))
+        self._queue.append((task, key, call, blobs, state, context.current()))
         if self._thread is None:
             self.start()
         if self._sleeping and not self._send_direct():
@@ -483,13 +486,16 @@ class ProcessPool:
         size = self._batch_size()
         while self._queue and len(batch) < size:
             entry = self._queue.popleft()
-            task, key, call, blobs, state = entry
+            task, key, call, blobs, state, where = entry
             if not task.claim():
                 self._blobs.release(blobs)
                 continue  # a waiting thread took it
             fn_bytes, update = _function_and_globals(worker, key, state, self._data)
+            moved = None
+            if where != worker.where:
+                moved, worker.where = context.snapshot(where), where
             batch.append((id(task), key, fn_bytes, call, type(task) is Chunk,
-                          self._blobs.missing(worker.blobs, blobs), bool(blobs), update))
+                          self._blobs.missing(worker.blobs, blobs), bool(blobs), update, moved))
             worker.held[id(task)] = entry
         if not batch:
             return False

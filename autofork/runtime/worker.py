@@ -55,6 +55,7 @@ _FLUSH_SECONDS = 0.002
 dumps: Callable[[Any], bytes]  # serialize.dumps, imported by main()
 take: Callable[[], Optional[list]]  # output.take, imported by main()
 note_changed: Callable[..., None]  # output.note_changed, imported by main()
+apply_context: Callable[[Any], None]  # context.apply, imported by main()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -236,7 +237,9 @@ def _serve(conn: Any, slot: mmap.mmap) -> None:
             blobs.pop(key, None)
         results = []
         flushed = time.perf_counter()
-        for task_id, fn_key, fn_bytes, call, many, new_blobs, refs, update in batch:
+        for task_id, fn_key, fn_bytes, call, many, new_blobs, refs, update, moved in batch:
+            if moved is not None:
+                apply_context(moved)
             for key, data in new_blobs or ():
                 blobs[key] = pickle.loads(data)
             started = task_id
@@ -293,8 +296,9 @@ def _send(conn: Any, results: list) -> None:
 
 def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     """Entry point of a worker process."""
-    global dumps, take, note_changed
+    global dumps, take, note_changed, apply_context
     from . import config
+    from .context import apply as apply_context
     from .output import capture_in_worker, note_changed, take
     from .serialize import dumps
 
