@@ -34,7 +34,15 @@ The bytecode cache
 A rewritten module's code is cached next to the normal pyc, under its own name:
 ``__pycache__/<name>.cpython-311.autofork-<version>.pyc`` (``importlib.util
 .cache_from_source`` decides the directory, so ``PYTHONPYCACHEPREFIX`` and ``-O`` are
-honoured).  Its layout::
+honoured).  Under ``sys.dont_write_bytecode`` (``PYTHONDONTWRITEBYTECODE``, ``-B``) no
+file is written beside the sources; the cache moves to a directory of the user's
+(``cache_dir()``: ``AUTOFORK_CACHE_DIR``, else ``$XDG_CACHE_HOME/autofork``, else
+``~/.cache/autofork``), laid out as ``PYTHONPYCACHEPREFIX`` lays out pycs: the source's
+absolute directory below it, ``<dir>/<name>.cpython-311.autofork-<version>.pyc``.  The
+reason: libcst costs some 300 ms to import, and a machine that sets
+``PYTHONDONTWRITEBYTECODE`` everywhere would otherwise pay it on every run of every
+script.  ``AUTOFORK_CACHE=0`` turns the cache off altogether (nothing read, nothing
+written).  Its layout::
 
     16 bytes   a PEP 552 checked-hash header: magic, flags 0b11, source hash
      4 bytes   length n of the next part, little-endian
@@ -51,10 +59,8 @@ the dependencies are the modules the rewrite resolved against, each with its sou
 hash and the marks it defined.  The program run as ``__main__`` (which Python itself
 never caches) has its own file, ``<name>.cpython-311.autofork-<version>.main.pyc``
 (``main_code``): a run whose script and marks did not change imports no libcst.  The
-cache is stale when the source, the fingerprint, or the marks of any dependency differ (a dependency whose source changed but whose marks
-did not leaves the cache valid).  Nothing is written under ``sys.dont_write_bytecode``
-(``PYTHONDONTWRITEBYTECODE``), as Python does: a cache already there is still read, but
-every run of an uncached script then rewrites it again (and imports libcst).
+cache is stale when the source, the fingerprint, or the marks of any dependency differ
+(a dependency whose source changed but whose marks did not leaves the cache valid).
 
 Invariant: the cached pyc is always a complete, valid file.  It is written to a
 temporary file in the same directory and renamed over the old one with ``os.replace``,
@@ -86,7 +92,9 @@ __all__ = [
     "make_resolver",
     "parse_patterns",
     "disabled",
+    "cache_dir",
     "cache_path",
+    "caching",
     "main_code",
 ]
 
@@ -423,16 +431,51 @@ def _fingerprint() -> str:
     return _FINGERPRINT
 
 
+def cache_dir() -> Optional[str]:
+    """The directory rewrites are cached under when Python writes no bytecode, else None.
+
+    ``AUTOFORK_CACHE_DIR``, else ``$XDG_CACHE_HOME/autofork``, else ``~/.cache/autofork``;
+    None (the cache lives beside the sources, in ``__pycache__``) unless
+    ``sys.dont_write_bytecode``.
+    """
+    if not sys.dont_write_bytecode:
+        return None
+    chosen = os.environ.get("AUTOFORK_CACHE_DIR")
+    if chosen:
+        return os.path.abspath(chosen)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        return os.path.join(xdg, "autofork")
+    return os.path.join(os.path.expanduser("~"), ".cache", "autofork")
+
+
+def caching() -> bool:
+    """False when ``AUTOFORK_CACHE=0`` (or false/no/off): nothing is read from or written to
+    the cache, so every run rewrites again."""
+    return os.environ.get("AUTOFORK_CACHE", "1").strip().lower() not in _OFF_VALUES
+
+
 def cache_path(source_path: str, main: bool = False) -> Optional[str]:
-    """Where the rewritten code of ``source_path`` is cached; None when Python has no cache tag.
+    """Where the rewritten code of ``source_path`` is cached; None when there is no cache
+    (``AUTOFORK_CACHE=0``, or Python has no cache tag).
 
     ``main``: the file run as ``__main__`` (its rewrite differs from the module's own).
+    Beside the source (``importlib.util.cache_from_source``), or, under
+    ``sys.dont_write_bytecode``, under ``cache_dir()`` as ``PYTHONPYCACHEPREFIX`` lays
+    pycs out: the source's absolute directory below the prefix.
     """
+    if not caching():
+        return None
     try:
         normal = importlib.util.cache_from_source(source_path)
     except (NotImplementedError, ValueError):
         return None
     stem = normal[: -len(".pyc")]
+    root = cache_dir()
+    if root is not None:
+        drive, directory = os.path.splitdrive(os.path.dirname(os.path.abspath(source_path)))
+        stem = os.path.join(root, drive.strip(":\\/"), directory.lstrip("\\/"),
+                            os.path.basename(stem))
     return f"{stem}.autofork-{_version()}{'.main' if main else ''}.pyc"
 
 
@@ -485,8 +528,6 @@ def _still_valid(dependencies: Sequence[Dependency], search_path: Sequence[str])
 def _write_cache(pyc: str, data: bytes, dependencies: Iterable[Dependency],
                  code: Optional[types.CodeType]) -> None:
     """Cache ``code`` (None: "needs no rewrite") for the source ``data``; see the invariant."""
-    if sys.dont_write_bytecode:
-        return
     meta = marshal.dumps((_fingerprint(), tuple(sorted(dependencies))))
     blob = b"".join((
         importlib.util.MAGIC_NUMBER, _FLAGS_CHECKED_HASH, importlib.util.source_hash(data),

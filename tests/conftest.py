@@ -13,6 +13,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory: pytest.TempPathFactory):
+    """These machines set PYTHONDONTWRITEBYTECODE, under which autofork caches its rewrites
+    in the user's cache directory: the suite (and the programs it runs, which inherit the
+    environment) uses one of its own, not the user's ~/.cache.  XDG_CACHE_HOME rather than
+    AUTOFORK_CACHE_DIR, which the tests that clear AUTOFORK_* would drop."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_engine():
     """Each test module starts with default settings and closes its pools at the end."""

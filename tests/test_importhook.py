@@ -161,12 +161,52 @@ def test_an_edit_within_the_same_second_is_seen(modules: Modules, hook: ImportHo
     assert modules.fresh_import(name).VALUE == 2
 
 
-def test_no_cache_is_written_under_dont_write_bytecode(modules: Modules, hook: ImportHook,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_under_dont_write_bytecode_the_cache_is_in_the_cache_dir(
+        modules: Modules, hook: ImportHook, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setenv("AUTOFORK_CACHE_DIR", str(tmp_path / "cache"))
     name, path = modules.write("nowrite", MARKED)
     assert isinstance(modules.fresh_import(name).__loader__, AutoforkLoader)
-    assert not Path(importhook.cache_path(str(path))).exists()
+    pyc = Path(importhook.cache_path(str(path)))
+    # PYTHONPYCACHEPREFIX's layout: the source's absolute directory below the prefix.
+    assert pyc.parent == tmp_path / "cache" / str(path.parent).lstrip(os.sep)
+    assert pyc.is_file() and pyc.name.startswith(f"{name}.{sys.implementation.cache_tag}.")
+    assert not (path.parent / "__pycache__").exists()  # nothing beside the sources
+    with caplog.at_level(logging.DEBUG, logger="autofork.importhook"):
+        assert isinstance(modules.fresh_import(name).__loader__, AutoforkLoader)
+    assert f"cache hit {name}" in caplog.text
+
+
+def test_the_cache_dir_falls_back_to_xdg_then_home(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.delenv("AUTOFORK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert importhook.cache_dir() == str(tmp_path / "xdg" / "autofork")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert importhook.cache_dir() == str(tmp_path / "home" / ".cache" / "autofork")
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert importhook.cache_dir() is None  # beside the sources
+
+
+def test_autofork_cache_0_reads_and_writes_nothing(modules: Modules, hook: ImportHook,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    name, path = modules.write("uncached", MARKED)
+    modules.fresh_import(name)
+    pyc = Path(importhook.cache_path(str(path)))
+    old = pyc.read_bytes()  # a cache that is valid for this source
+    monkeypatch.setenv("AUTOFORK_CACHE", "0")
+    assert importhook.cache_path(str(path)) is None
+    with caplog.at_level(logging.DEBUG, logger="autofork.importhook"):
+        assert isinstance(modules.fresh_import(name).__loader__, AutoforkLoader)
+    assert f"rewrote {name}" in caplog.text and "cache hit" not in caplog.text  # not read
+    path.write_text(path.read_text().replace("VALUE = 1", "VALUE = 2"))
+    module = modules.fresh_import(name)
+    assert module.VALUE == 2 and isinstance(module.__loader__, AutoforkLoader)
+    assert pyc.read_bytes() == old  # nor written
 
 
 def test_a_failed_cache_write_costs_nothing_but_speed(modules: Modules, hook: ImportHook,

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from autofork import importhook
-
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
@@ -83,7 +81,8 @@ def test_a_cached_run_imports_no_libcst_and_an_edit_is_seen(tmp_path: Path) -> N
     first = _report(_run(tmp_path))
     assert first["libcst"], "the first run rewrites the script, with libcst"
     assert first["rewritten"]
-    assert Path(importhook.cache_path(str(tmp_path / "script.py"), main=True)).is_file()
+    # Bytecode writing on (as _env sets it): beside the script.
+    [cached] = (tmp_path / "__pycache__").glob("script.*.autofork-*.main.pyc")
 
     second = _report(_run(tmp_path))
     assert second["libcst"] == []  # from the cache: no libcst at all
@@ -129,14 +128,55 @@ def test_a_script_that_needs_no_rewrite_is_cached_as_such(tmp_path: Path) -> Non
     assert third["rewritten"]  # the call site of double() is rewritten now
 
 
-@pytest.mark.timeout(120)
-def test_without_bytecode_writing_the_main_rewrite_is_not_cached(tmp_path: Path) -> None:
+def _autofork_files(directory: Path) -> list[Path]:
+    return sorted(directory.rglob("*.autofork-*.pyc"))
+
+
+@pytest.mark.timeout(200)
+def test_without_bytecode_writing_the_rewrites_are_cached_in_the_cache_dir(tmp_path: Path) -> None:
+    """PYTHONDONTWRITEBYTECODE: nothing beside the sources; the rewrites (the script's and
+    a marked module's) go to AUTOFORK_CACHE_DIR, laid out as PYTHONPYCACHEPREFIX does."""
+    project, cache = tmp_path / "project", tmp_path / "cache"
+    project.mkdir()
+    _write(project / "script.py", SCRIPT)
+    _write(project / "helper.py", MARKED_HELPER)
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "AUTOFORK_CACHE_DIR": str(cache)}
+    first = _report(_run(project, **env))
+    assert first["libcst"] and first["rewritten"]
+    below = cache / str(project).lstrip(os.sep)
+    tag = sys.implementation.cache_tag
+    names = [p.relative_to(below).as_posix() for p in _autofork_files(cache)]
+    assert [name.split(".autofork-")[0] for name in names] == [f"helper.{tag}", f"script.{tag}"]
+    assert names[1].endswith(".main.pyc")  # the script's own rewrite
+    assert _autofork_files(project) == [] and not (project / "__pycache__").exists()
+
+    second = _report(_run(project, **env))
+    assert second["libcst"] == [] and second["rewritten"]  # from the cache dir
+
+    _write(project / "script.py", SCRIPT.replace("range(4)", "range(5)"))
+    assert _report(_run(project, **env))["libcst"], "an edited script is rewritten again"
+
+
+@pytest.mark.timeout(200)
+def test_autofork_cache_0_caches_nothing(tmp_path: Path) -> None:
     _write(tmp_path / "script.py", SCRIPT)
     _write(tmp_path / "helper.py", HELPER)
-    for _ in range(2):
-        report = _report(_run(tmp_path, PYTHONDONTWRITEBYTECODE="1"))
+    for _ in range(2):  # bytecode writing on: the cache would be beside the sources
+        report = _report(_run(tmp_path, AUTOFORK_CACHE="0"))
         assert report["libcst"] and report["rewritten"]
-    assert not Path(importhook.cache_path(str(tmp_path / "script.py"), main=True)).exists()
+    assert _autofork_files(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_an_unwritable_cache_dir_costs_only_speed(tmp_path: Path) -> None:
+    _write(tmp_path / "script.py", SCRIPT)
+    _write(tmp_path / "helper.py", HELPER)
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    for _ in range(2):
+        report = _report(_run(tmp_path, PYTHONDONTWRITEBYTECODE="1",
+                              AUTOFORK_CACHE_DIR=str(tmp_path / "blocked" / "cache")))
+        assert report["libcst"] and report["rewritten"]
+    assert _autofork_files(tmp_path) == []
 
 
 EXITING = """
