@@ -181,6 +181,25 @@ def raise_value_subclass():
     raise NotAValueError("picky")
 
 
+class AppError(Exception):
+    """Its __init__ takes other arguments than it passes on: plain pickle cannot rebuild it."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def raise_app_error(code):
+    raise AppError(code, f"failed with {code}")
+
+
+def test_an_exception_whose_init_differs_from_its_args_arrives_as_itself():
+    with pytest.raises(AppError, match="failed with 42") as caught:
+        evaluate(fork(raise_app_error, 42))
+    assert type(caught.value) is AppError
+    assert caught.value.code == 42 and caught.value.args == ("failed with 42",)
+
+
 def test_an_exception_that_cannot_be_pickled_arrives_as_a_clear_stand_in():
     with pytest.raises(autofork.RemoteError, match="Unpicklable: holds a lock"):
         evaluate(fork(raise_unpicklable))

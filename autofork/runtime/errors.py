@@ -183,12 +183,29 @@ def _chained(exc: BaseException, depth: int) -> tuple[bool, Failure] | None:
 
 
 def _dump_exception(exc: BaseException) -> bytes:
-    """Pickle ``exc``; when it cannot travel, pickle a RemoteError that names it instead."""
+    """Pickle ``exc``; when it cannot travel, pickle a RemoteError that names it instead.
+
+    An exception pickles as ``type(exc)(*exc.args)``, which fails to rebuild when its
+    ``__init__`` takes other arguments than it passes on (``AppError(code, msg)`` calling
+    ``super().__init__(msg)``): such an exception travels as its class, ``args`` and
+    attributes, rebuilt without calling ``__init__``, so ``except AppError as e: e.code``
+    works in the caller as it did sequentially.
+    """
     from .serialize import cloud_dumps
 
     try:
         data = cloud_dumps(exc)
         pickle.loads(data)  # an exception that pickles but cannot be rebuilt is no better
+        return data
+    except Exception:  # noqa: BLE001 - try it as class, args and attributes
+        pass
+    try:
+        cls = type(exc)
+        if cls.__reduce__ is not BaseException.__reduce__ or cls.__reduce_ex__ is not (
+                BaseException.__reduce_ex__):
+            raise TypeError(f"{cls.__qualname__} defines how it pickles")  # its own choice
+        data = cloud_dumps(_AsState(exc))
+        pickle.loads(data)
         return data
     except Exception as why:  # noqa: BLE001 - any pickling failure means "send a stand-in"
         base = next((k.__name__ for k in type(exc).__mro__
@@ -196,6 +213,25 @@ def _dump_exception(exc: BaseException) -> bytes:
         standin = _remote_error(f"{type(exc).__module__}.{type(exc).__qualname__}",
                                 str(exc), f"{type(why).__name__}: {why}", base)
         return cloud_dumps(standin)
+
+
+class _AsState:
+    """Pickles an exception as its class, ``args`` and ``__dict__`` (see _dump_exception)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_rebuild_exception, (type(exc), exc.args, getattr(exc, "__dict__", None)))
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple, state: dict | None) -> BaseException:
+    exc = BaseException.__new__(cls, *args)  # sets args; __init__ is not called
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
 
 
 def _load_exception(payload: bytes) -> BaseException:
