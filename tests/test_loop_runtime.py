@@ -156,6 +156,19 @@ def test_a_failing_step_is_raised_at_the_exit_in_call_order():
             total = joiner.fold(0, "+=", joiner.fork(late, 0.0, None))
 
 
+def test_after_a_failed_operand_the_accumulator_is_what_the_sequential_loop_left():
+    total = 10
+    text = ""
+    with pytest.raises(ValueError, match="bad"):
+        with Joiner() as joiner:
+            for i in range(5):
+                value = joiner.fork(fail_late, 0.0, "bad") if i == 3 else joiner.fork(late, 0.05, i)
+                total = joiner.fold(total, "+=", value)
+                text = joiner.fold(text, "+", joiner.fork(late, 0.0, str(i)) if i != 3 else value)
+    assert total == 10 + 0 + 1 + 2          # sequentially, `total += f(3)` never assigned
+    assert text == "012"
+
+
 def test_a_failed_operand_stops_the_reduction_where_the_sequential_loop_stopped():
     total = collections.Counter()
     with pytest.raises(ValueError, match="bad"):

@@ -18,8 +18,11 @@ Two kinds of step:
 
 Invariants: steps are applied strictly in the order they were recorded, each once, under
 ``_lock``; a step whose operand failed stops the queue (sequentially the loop ended
-there): it and the steps after it are not applied, and their proxies fail with that
-failure.
+there): it and the steps after it are not applied.  The proxy of such a new-value step
+is the accumulator as it was before the step, as the name holds after the exception in
+the sequential program (``total`` is the sum of the calls before the failing one, for a
+program that catches the exception around the loop and goes on); it fails only if that
+value itself failed.
 """
 
 from __future__ import annotations
@@ -175,9 +178,16 @@ def _call(method: Callable[[Any], Any], value: Any) -> Any:
 
 @no_type_check
 def _fail(step: _Step, exc: BaseException) -> None:
-    if step.task is not None and step.task.claim():
+    """A step not applied: the loop stopped at it or before it (see the invariants)."""
+    if step.task is None or not step.task.claim():
+        return
+    try:
+        before = unwrap(step.acc)  # ready: the value, or the step before's, settled already
+    except Exception:  # noqa: BLE001 - the accumulator itself failed
         step.task.set_failure(Failure.local(exc, skip=0))
         step.task.mark_observed()  # the loop raises it; its proxy raises it again if used
+        return
+    step.task.set_result(before)
 
 
 def _check(result: Any, same: Any) -> None:
