@@ -425,3 +425,43 @@ def test_calls_run_in_the_directory_and_environment_they_were_made_in(tmp_path: 
     assert forked.splitlines()[0] == plain.splitlines()[0] == str(
         ["content of a hi", "content of a hello a", "content of b hello b", "content of b none"])
     assert forked.splitlines()[1] == "elsewhere True"
+
+
+# -- 8. what came after a failed call ---------------------------------------------------------
+
+AFTER_FAILURE = """
+    import sys, time
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def check(i):
+        time.sleep(0.2 if i == 3 else 0.02)  # the later calls end first
+        print("checking", i)
+        if i == 3:
+            raise ValueError(f"bad {i}")
+        return i
+
+    def run():
+        total = 0
+        for i in range(8):
+            print("calling", i)
+            total += check(i)
+        return total
+
+    try:
+        run()
+    except ValueError as error:
+        print("caught", error)
+    for i in range(3):
+        check(i)
+    print("end")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_output_after_a_failed_call_is_what_the_sequential_program_wrote(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, AFTER_FAILURE)
+    assert forked == plain
+    assert "checking 4" not in forked and "calling 4" not in forked
+    assert forked.splitlines()[-6:] == ["checking 3", "caught bad 3", "checking 0", "checking 1",
+                                        "checking 2", "end"]

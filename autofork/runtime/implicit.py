@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, Optional
 
-from . import config, engine
+from . import config, engine, output
 from .errors import add_note
 from .folds import Folds
 from .granularity import call, running_inline
@@ -130,7 +130,7 @@ class Joiner:
             folds.drain(block=True)
             if folds.failure is not None:
                 # After failed_at forks, before the next: between fork positions.
-                failed.append((2 * folds.failed_at, folds.failure))
+                failed.append((2 * folds.failed_at, folds.failure, -1))
                 failed.sort(key=_first)
         if failed:
             _raise_first(failed)
@@ -141,23 +141,25 @@ class Joiner:
         return False
 
 
-def _first(entry: tuple[int, Any]) -> int:
+def _first(entry: tuple[int, Any, int]) -> int:
     return entry[0]
 
 
-def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException]]:
-    """Wait for every task; (2 * position + 1, exception) of each failure, in call order."""
+def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]]:
+    """Wait for every task; (2 * position + 1, exception, output seq) of each failure,
+    in call order."""
     failed = []
     for position, task in tasks:
         task.wait()
         if task.failure is not None:
             task.mark_observed()
-            failed.append((2 * position + 1, task.failure.exception()))
+            failed.append((2 * position + 1, task.failure.exception(), task.seq))
     return failed
 
 
-def _raise_first(failed: list[tuple[int, BaseException]]) -> None:
+def _raise_first(failed: list[tuple[int, BaseException, int]]) -> None:
     first = failed[0][1]
+    output.raised(failed[0][2])  # what came after it never happened sequentially
     if len(failed) > 1:
         others = len(failed) - 1
         add_note(first, f"autofork: {others} later forked call"

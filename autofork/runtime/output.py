@@ -22,6 +22,14 @@ caller never blocks on a write: with forks pending it only queues the text.  A j
 
 Rules:
 
+* A rewritten call that fails stops the sequential program at that call; the forks
+  made after it ran anyway, and the caller went on until it used the failed value or
+  reached the end of the loop.  So what comes after a failed rewritten call is held;
+  when its failure is raised in the caller (``raised``), that output is dropped (the
+  program's ``except`` then writes after the output of the calls before); at the exit,
+  held output of a failure never raised goes out.  Explicit ``fork`` calls are the
+  program's own parallelism: their failures hold nothing.
+
 * Emission never holds the lock while it writes: a logging handler holds its own lock
   while it writes to our stream (a caller thread's ``log.info``), and emission calls
   those same handlers for a worker's records; holding both in turn would deadlock.  One
@@ -45,6 +53,7 @@ in the task's own list (``run_captured``).
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import logging
 import sys
@@ -52,7 +61,7 @@ import threading
 import warnings
 from typing import Any, Callable, Optional
 
-__all__ = ["begin", "end", "flush", "run_captured", "capture_in_worker", "take",
+__all__ = ["begin", "end", "raised", "flush", "run_captured", "capture_in_worker", "take",
            "note_changed"]
 
 # Kinds of captured entries: (kind, payload).
@@ -78,6 +87,10 @@ class _Log:
         self.emitter: Optional[int] = None  # the thread emitting now
         self.out: Any = None  # the _OrderedStream wrappers installed
         self.err: Any = None
+        # Rewritten calls that failed, not yet raised in the caller (sorted seqs): what
+        # came after the first of them waits, for sequentially it never happened.
+        self.failed: list[int] = []
+        self.dropped: set[int] = set()  # forks whose output was dropped before they ended
 
     def begin(self) -> int:
         if sys.stdout is not self.out or sys.stderr is not self.err:
@@ -88,13 +101,18 @@ class _Log:
             self.quiet = False
             return seq
 
-    def end(self, seq: int, captured: Optional[list]) -> None:
+    def end(self, seq: int, captured: Optional[list], failed: bool = False) -> None:
         with self.lock:
-            if (seq == self.low and captured is None and self.emitter is None
-                    and not self.text and seq + 1 not in self.ended):
+            if self.dropped and seq in self.dropped:
+                self.dropped.discard(seq)  # after a failure that was raised: never happened
+                return
+            if (seq == self.low and captured is None and self.emitter is None and not failed
+                    and not self.text and seq + 1 not in self.ended and not self.failed):
                 self.low = low = seq + 1  # the usual case: nothing to write, nothing waits
                 self.quiet = low == self.next
                 return
+            if failed:
+                bisect.insort(self.failed, seq)
             self.ended[seq] = captured
             if seq != self.low or self.emitter is not None:
                 return  # an earlier call is still running, or the emitter will see it
@@ -112,13 +130,30 @@ class _Log:
                     return len(text)
         return stream.write(text)
 
+    def raised(self, seq: int) -> None:
+        """The failure of the rewritten call ``seq`` is being raised in the caller: what
+        came after that call (the output of later forks, the caller's own writes) never
+        happened in the sequential program, which stopped there: it is dropped."""
+        with self.lock:
+            if seq not in self.failed:
+                return
+            for later in range(seq + 1, self.next):
+                if later not in self.ended:
+                    self.dropped.add(later)  # still running: its end is ignored
+                self.ended[later] = None
+            for key in [key for key in self.text if key > seq]:
+                del self.text[key]
+            self.failed = [other for other in self.failed if other < seq]
+        self._drain()
+
     def flush(self, force: bool = False) -> None:
         """Emit what is ready; with ``force``, everything (at exit: calls that never
-        ended are given up)."""
+        ended are given up, and output held behind a failure that was never raised goes)."""
         if force:
             with self.lock:
                 for seq in range(self.low, self.next):
                     self.ended.setdefault(seq, None)
+                self.failed = []
         self._drain()
 
     def _drain(self) -> None:
@@ -130,7 +165,7 @@ class _Log:
                 batch = self._ready()
                 if not batch:
                     self.emitter = None
-                    self.quiet = self.low == self.next and not self.text
+                    self.quiet = self.low == self.next and not self.text and not self.failed
                     return
                 self.emitter = me
             try:
@@ -144,7 +179,10 @@ class _Log:
         """Pop the entries that may go out now, in order (under the lock)."""
         batch: list = []
         text, ended = self.text, self.ended
+        fence = self.failed[0] if self.failed else self.next
         while True:
+            if self.low > fence:
+                return batch  # after a failed call: held until it is raised (or the exit)
             if text:
                 batch.extend(text.pop(self.low, ()))
             if self.low == self.next or self.low not in ended:
@@ -222,9 +260,16 @@ def begin() -> int:
     return _log.begin()
 
 
-def end(seq: int, captured: Optional[list]) -> None:
-    """The call of ``seq`` is over and wrote ``captured`` (None: nothing)."""
-    _log.end(seq, captured)
+def end(seq: int, captured: Optional[list], failed: bool = False) -> None:
+    """The call of ``seq`` is over and wrote ``captured`` (None: nothing); ``failed``: it
+    was a rewritten call and raised (what comes after it waits, see ``raised``)."""
+    _log.end(seq, captured, failed)
+
+
+def raised(seq: int) -> None:
+    """The failure of the rewritten call ``seq`` is raised in the caller now."""
+    if seq >= 0 and _log.failed:
+        _log.raised(seq)
 
 
 def flush(force: bool = False) -> None:

@@ -139,7 +139,8 @@ class Task:
 
     def _end_output(self) -> None:
         if self.seq >= 0:
-            output.end(self.seq, self.output or None)
+            output.end(self.seq, self.output or None,
+                       self.failure is not None and self.caller_may_run)
 
     def add_done_callback(self, callback: Callable[["Task"], None]) -> None:
         """Call ``callback(task)`` once the task is done (now, if it is)."""
@@ -180,6 +181,7 @@ class Task:
         if failure is None:
             return self.value
         self.mark_observed()
+        output.raised(self.seq)
         raise failure.exception()
 
     def mark_observed(self) -> None:
@@ -235,9 +237,12 @@ class Chunk(Task):
     def _end_output(self) -> None:
         # self.output: each item's captured output (None: no item wrote anything).
         outputs = self.output or ()
+        outcomes = self.outcomes
         for item in self.items:
             if item.seq >= 0:
-                output.end(item.seq, outputs[item.index] if outputs else None)
+                failed = self.failure is not None or (
+                    outcomes is not None and not outcomes[item.index][0])
+                output.end(item.seq, outputs[item.index] if outputs else None, failed)
 
     def set_failure(self, failure: Failure) -> None:
         self.failure = failure
@@ -315,6 +320,7 @@ class ChunkItem:
             if ok:
                 return value
         self.mark_observed()
+        output.raised(self.seq)
         raise self.failure.exception()  # type: ignore[union-attr]
 
     def mark_observed(self) -> None:
