@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
 import importlib.util
 import re
@@ -550,11 +549,13 @@ def _init_tables(libcst: Any) -> None:
              "ParenthesizedWhitespace", "Comment", "LeftParen", "RightParen",
              "LeftSquareBracket", "RightSquareBracket", "LeftCurlyBrace", "RightCurlyBrace")
     leaves = {getattr(libcst, n) for n in names}
-    bases = (libcst.BaseBinaryOp, libcst.BaseBooleanOp, libcst.BaseCompOp, libcst.BaseUnaryOp,
-             libcst.BaseAugOp)
+    bases = {libcst.BaseBinaryOp, libcst.BaseBooleanOp, libcst.BaseCompOp, libcst.BaseUnaryOp,
+             libcst.BaseAugOp}
     for name in dir(libcst):
         obj = getattr(libcst, name)
-        if isinstance(obj, type) and issubclass(obj, bases):
+        # By the MRO, not issubclass: these bases are ABCs, and issubclass walked every
+        # subclass tree of each (some 18,000 checks, 35 ms of the first rewrite).
+        if isinstance(obj, type) and not bases.isdisjoint(obj.__mro__):
             leaves.add(obj)
     _LEAVES = frozenset(leaves)
 
@@ -2438,6 +2439,8 @@ def _align(old: Sequence[str], new: Sequence[str]) -> list[tuple[str, int, int, 
         ops.append(("insert" if di == 0 else "delete" if dj == 0 else "replace", i, i + di, j, j + dj))
         i, j = i + di, j + dj
     if i < n or j < m:
+        import difflib  # rarely needed: not imported with the rewriter
+
         matcher = difflib.SequenceMatcher(None, old[i:], new[j:], autojunk=False)
         ops.extend((tag, a1 + i, a2 + i, b1 + j, b2 + j) for tag, a1, a2, b1, b2 in matcher.get_opcodes())
     return ops

@@ -1905,3 +1905,19 @@ def main(items):
     return pair, a, b
 """,
     )
+
+
+def test_the_walk_skips_every_operator_node_as_a_leaf() -> None:
+    """The table of leaves (nodes the walk never enters) holds every operator class of
+    libcst, found by the MRO rather than by the slow ABC ``issubclass``."""
+    import libcst
+
+    from autofork import transformer
+
+    transformer._libcst()
+    bases = (libcst.BaseBinaryOp, libcst.BaseBooleanOp, libcst.BaseCompOp, libcst.BaseUnaryOp,
+             libcst.BaseAugOp)
+    operators = {obj for obj in vars(libcst).values()
+                 if isinstance(obj, type) and issubclass(obj, bases)}
+    assert len(operators) > 40 and operators <= transformer._LEAVES
+    assert libcst.Call not in transformer._LEAVES and libcst.Name in transformer._LEAVES
