@@ -43,21 +43,15 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import mmap
 import os
 import pickle
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
 import weakref
 from collections import deque
-from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import _phases
 from . import context, freshness, output, stats
@@ -67,8 +61,16 @@ from .dataflow import start_when_ready
 from .plain import for_workers
 from .serialize import Pickler, cloud_dumps, dumps
 from .task import QUEUED, Chunk, Task
-from .template import Template, preload_names
-from .worker import SLOT
+
+# What only the dispatcher thread needs to start and talk to workers (the template,
+# sockets, shared memory, subprocess) is imported there, when it first does: not in the
+# program's thread, before its first fork (some 25 ms of start-up).
+if TYPE_CHECKING:
+    import mmap
+    import subprocess
+    from multiprocessing.connection import Connection
+
+    from .template import Template
 
 __all__ = ["ProcessPool", "unsendable_argument"]
 
@@ -88,6 +90,8 @@ class _Worker:
     """One worker process and the calls it holds."""
 
     def __init__(self, path: list[str], template: Optional[Template] = None) -> None:
+        from multiprocessing.connection import Connection
+
         parent_end, child_end = _socketpair()
         shm_fd, self.shm = _shared_slot()
         forked = template.fork(child_end, shm_fd, path) if template is not None else None
@@ -108,6 +112,8 @@ class _Worker:
 
     def progress(self) -> tuple[int, int]:
         """(id of the call begun last, id of the call finished last), -1 for none."""
+        from .worker import SLOT
+
         return SLOT.unpack_from(self.shm, 0)
 
     def held_done(self, task_id: int) -> None:
@@ -140,6 +146,8 @@ class _Worker:
 
 def _spawn(child_end: int, shm_fd: int, path: list[str]) -> subprocess.Popen:
     """``start_method="spawn"``: the worker is a fresh interpreter."""
+    import subprocess
+
     code = ("import sys; from autofork.runtime.worker import main; "
             f"main({child_end}, {shm_fd}, {os.getpid()}, sys.argv[1:])")
     return subprocess.Popen(
@@ -154,12 +162,19 @@ def _spawn(child_end: int, shm_fd: int, path: list[str]) -> subprocess.Popen:
 
 
 def _socketpair() -> tuple[int, int]:
+    import socket
+
     a, b = socket.socketpair()
     return a.detach(), b.detach()
 
 
 def _shared_slot() -> tuple[int, mmap.mmap]:
     """A file descriptor for the worker and this side's map of the same memory."""
+    import mmap
+    import tempfile
+
+    from .worker import SLOT
+
     with tempfile.TemporaryFile() as handle:
         handle.write(SLOT.pack(-1, -1))
         handle.flush()
@@ -385,6 +400,8 @@ class ProcessPool:
             self._thread.start()
 
     def _dispatch(self, path: list[str]) -> None:
+        from multiprocessing.connection import wait
+
         try:
             self._start_workers(path)
             while True:
@@ -408,6 +425,10 @@ class ProcessPool:
             self._stop_workers()
 
     def _start_workers(self, path: list[str]) -> None:
+        from multiprocessing.connection import wait
+
+        from .template import Template, preload_names
+
         began = time.perf_counter()
         if self._start_method == "forkserver":
             self._template = Template(path)
@@ -600,6 +621,8 @@ class ProcessPool:
         self._workers[replacement.conn] = replacement
 
     def _stop_workers(self) -> None:
+        import subprocess
+
         workers = list(self._workers.values())
         for worker in workers:
             if not worker.known and not worker.held:
@@ -684,6 +707,8 @@ def _run_chunk_here(chunk: Chunk, call: bytes) -> None:
 
 
 def _describe_exit(code: int) -> str:
+    import signal
+
     if code < 0:
         try:
             return f"killed by signal {signal.Signals(-code).name}"
