@@ -249,3 +249,17 @@ def test_debug_logging_times_each_phase(tmp_path: Path) -> None:
                   "exit: forks joined", "exit: pools closed"):
         assert f" ms  {phase}" in log, (phase, log)
     assert _run(tmp_path).stderr == ""  # silent without AUTOFORK_LOG
+
+
+def test_the_pool_module_leaves_worker_start_up_imports_to_its_dispatcher() -> None:
+    """What only the dispatcher thread needs to start workers (the template, subprocess,
+    sockets, shared memory) is not imported with the pool, before the program's first fork."""
+    code = ("import json, sys; import autofork.runtime.engine, autofork.runtime.processes; "
+            "print(json.dumps(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert "autofork.runtime.processes" in loaded
+    assert loaded.isdisjoint({"autofork.runtime.template", "autofork.runtime.worker", "subprocess",
+                              "tempfile", "mmap", "socket", "multiprocessing.connection"})
