@@ -38,8 +38,10 @@ own, and changing it is no effect.  Not effects: ``print``, ``logging`` and
 of the call's own, reading globals, calls into other modules.
 
 Limits, on purpose (the run-time argument check catches what the source cannot show):
-the analysis is flow-insensitive (a parameter rebound to a copy, ``p = list(p)``, still
-counts as the parameter), ``p += x`` on a bare parameter is taken as a rebinding, methods
+the analysis is flow-insensitive, with one exception: a parameter whose first use, at
+the top level of the body, rebinds it to a copy (``df = df.copy()``, ``p = list(p)``,
+``p = sorted(p)``, ``p = copy.deepcopy(p)``, a comprehension) is the function's own
+from then on; a copy made later or in a branch still counts as the parameter; ``p += x`` on a bare parameter is taken as a rebinding, methods
 of unknown objects (``p.add_item(x)``) count only when their name is one of the
 built-in containers' mutating methods, and a function imported from another module is
 analysed there, not at its callers.
@@ -190,6 +192,32 @@ def _inside(scope: Optional[Scope], outer: Scope) -> bool:
     return False
 
 
+#: Calls that return a new object made from their argument (``p = list(p)``), and
+#: methods that return a copy of their object (``p = p.copy()``).
+_COPYING_CALLS = frozenset({"list", "dict", "set", "tuple", "frozenset", "bytearray", "sorted",
+                            "deepcopy", "copy"})
+_COPYING_METHODS = frozenset({"copy", "deepcopy"})
+
+
+def _copy_kind(value: cst.BaseExpression) -> str:
+    """"deep" for ``copy.deepcopy(p)``, "shallow" for ``list(p)``, ``sorted(p)``,
+    ``p.copy()``, ``[... for ...]``; "" for anything else."""
+    if isinstance(value, (cst.ListComp, cst.SetComp, cst.DictComp)):
+        return "shallow"
+    if not isinstance(value, cst.Call):
+        return ""
+    func = value.func
+    name = ""
+    if isinstance(func, cst.Name) and func.value in _COPYING_CALLS:
+        name = func.value
+    elif isinstance(func, cst.Attribute):
+        if isinstance(func.value, cst.Name) and func.value.value == "copy":
+            name = func.attr.value if func.attr.value in _COPYING_CALLS else ""
+        elif func.attr.value in _COPYING_METHODS and not value.args:
+            name = func.attr.value   # p.copy(): pandas' default is a deep copy, a list's shallow
+    return "" if not name else "deep" if name == "deepcopy" else "shallow"
+
+
 class _Finder:
     """The effects of the defs of one module, each def read once (memoised)."""
 
@@ -199,6 +227,36 @@ class _Finder:
         self.source = source
         self.memo: dict[int, list[Effect]] = {}
         self._lines: Optional[_Lines] = None
+        self._defs = {id(d.body_scope): d.node for d in scopes.defs if d.body_scope is not None}
+        self._copied: dict[tuple[int, str], str] = {}
+
+    def copied_first(self, function: Scope, name: str) -> str:
+        """"deep" or "shallow" when the body of ``function`` starts using the parameter
+        ``name`` by rebinding it to a copy (``df = df.copy()``, ``xs = list(xs)``,
+        ``xs = copy.deepcopy(xs)``): at the top level of the body, before any statement
+        that mentions ``name`` otherwise; else "".  A shallow copy shares its elements:
+        ``xs[0].append(1)`` still changes the caller's."""
+        key = (id(function), name)
+        found = self._copied.get(key)
+        if found is None:
+            found = self._copied[key] = self._rebinds_to_copy(function, name)
+        return found
+
+    def _rebinds_to_copy(self, function: Scope, name: str) -> str:
+        node = self._defs.get(id(function))
+        if node is None or not isinstance(node.body, cst.IndentedBlock):
+            return ""
+        mention = re.compile(rf"\b{re.escape(name)}\b")
+        for statement in node.body.body:
+            if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+                small = statement.body[0]
+                if (isinstance(small, cst.Assign) and len(small.targets) == 1
+                        and isinstance(small.targets[0].target, cst.Name)
+                        and small.targets[0].target.value == name):
+                    return _copy_kind(small.value)
+            if mention.search(self.module.code_for_node(statement)):
+                return ""
+        return ""
 
     def lines(self) -> _Lines:
         if self._lines is None:
@@ -243,6 +301,9 @@ class _Finder:
             if isinstance(binding, Param) and found_in is function:
                 if binding.packed and expression is root and not inside:
                     continue    # args.pop(), kwargs["k"] = v: this call's own tuple/dict
+                copied = self.copied_first(function, name)
+                if copied == "deep" or copied and expression is root and not inside:
+                    continue    # df = df.copy() first: the writes change the copy
                 return _Owner("argument", name)
             if isinstance(binding, Local) and id(binding) not in seen:
                 aliased = self._alias(binding, function, seen | {id(binding)},

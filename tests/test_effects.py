@@ -89,6 +89,10 @@ def test_argument_write_keeps_the_calls_plain_with_one_notice() -> None:
     ("return NPG.integers(3)", "draws from `NPG`, a generator made at module level"),
     ("for k, v in kwargs.items():\n        v.append(x)", "changes the argument `kwargs`"),
     ("args[0].append(x)", "changes the argument `args`"),
+    ("table.append(x)\n    table = list(table)", "changes the argument `table`"),   # copy too late
+    ("if x:\n        table = table.copy()\n    table.append(x)", "changes the argument `table`"),
+    ("table = table.copy(deep=False)\n    table[0] = 1", "changes the argument `table`"),
+    ("table = list(table)\n    table[0].append(x)", "changes the argument `table`"),  # shallow
     ("return (row * x for row in table)", "gives a generator, which cannot be sent back"),
 ])
 def test_each_effect_is_found(statement: str, what: str) -> None:
@@ -127,6 +131,10 @@ def test_each_effect_is_found(statement: str, what: str) -> None:
     "def inner(v):\n        out = []\n        out.append(v)\n        return out\n    return inner(x)",
     "kwargs.pop('a', None)\n    kwargs['b'] = 1\n    return list(args) + [kwargs]",   # made per call
     "rng = RNG_CLASS(x)\n    return rng.random()",
+    "xs = xs.copy()\n    xs[0] = x\n    return xs",                   # a copy first: its own
+    "\"\"\"Doc.\"\"\"\n    xs = list(xs)\n    xs.append(x)\n    return xs",
+    "xs = [v * 2 for v in xs]\n    xs.sort()\n    return xs",
+    "import copy\n    xs = copy.deepcopy(xs)\n    xs.append(x)\n    return xs",
     "return [v * x for v in (w + 1 for w in xs)]",                    # a generator used inside
     "def rows():\n        return (v for v in xs)\n    return list(rows())",
 ])
