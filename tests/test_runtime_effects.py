@@ -465,3 +465,35 @@ def test_output_after_a_failed_call_is_what_the_sequential_program_wrote(tmp_pat
     assert "checking 4" not in forked and "calling 4" not in forked
     assert forked.splitlines()[-6:] == ["checking 3", "caught bad 3", "checking 0", "checking 1",
                                         "checking 2", "end"]
+
+
+# -- 9. cached functions of the script ---------------------------------------------------------
+
+CACHED = """
+    import functools, os, time
+    from autofork import implicit_fork
+
+    @implicit_fork
+    @functools.lru_cache(maxsize=16)
+    def tenfold(n):
+        time.sleep(0.05)  # long enough to be forked
+        return n * 10, os.getpid()
+
+    @implicit_fork
+    @functools.cache
+    def square(n):
+        time.sleep(0.05)
+        return n * n, os.getpid()
+
+    results = [tenfold(i % 3) for i in range(6)] + [square(i) for i in range(4)]
+    print([value for value, _ in results])
+    print("elsewhere", any(pid != os.getpid() for _, pid in results))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_scripts_cached_functions_run_in_workers(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, CACHED)
+    assert forked.splitlines()[0] == plain.splitlines()[0] == str(
+        [0, 10, 20, 0, 10, 20, 0, 1, 4, 9])
+    assert forked.splitlines()[1] == "elsewhere True"

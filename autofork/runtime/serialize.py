@@ -7,6 +7,7 @@ file name, so that a traceback from a worker shows the file and its source lines
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import types
@@ -31,10 +32,26 @@ def _code_reduce(code: types.CodeType) -> Any:
     return (constructor, args, *reduced[2:])
 
 
-class Pickler(cloudpickle.Pickler):
-    """cloudpickle's Pickler, keeping the file names of code sent by value."""
+def _lru_cache_reduce(wrapper: Any) -> Any:
+    # A cached function (functools.lru_cache, functools.cache) pickles as a reference
+    # to its module's attribute; a worker's __main__ is not the script, so one of the
+    # script's is rebuilt there instead: a new cache around the function sent by value.
+    if getattr(wrapper, "__module__", None) != "__main__":
+        return wrapper.__reduce__()
+    parameters = wrapper.cache_parameters()
+    return (_cached, (wrapper.__wrapped__, parameters["maxsize"], parameters["typed"]))
 
-    dispatch_table = ChainMap({types.CodeType: _code_reduce},
+
+def _cached(fn: Any, maxsize: Any, typed: bool) -> Any:
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle's Pickler, keeping the file names of code sent by value, and sending
+    the script's cached functions (``@lru_cache``) by value."""
+
+    dispatch_table = ChainMap({types.CodeType: _code_reduce,
+                               functools._lru_cache_wrapper: _lru_cache_reduce},
                               cloudpickle.Pickler.dispatch_table)
 
 
