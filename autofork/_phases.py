@@ -18,6 +18,11 @@ script's own code), ``exit`` (joining forks, then stopping the pools).  Without
 logging configuration may show them; ``logging`` itself is not imported for them (no
 program that has not imported it can have configured it), so this costs nothing when
 nobody listens.
+
+No phase waits long in silence: a wait of start-up or exit goes through ``wait``, which
+logs its duration at DEBUG and, when it passes ``SLOW_SECONDS``, warns once (on the
+``autofork`` logger, which Python shows on stderr even unconfigured) naming the phase,
+while it still waits.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Callable, Optional
 
-__all__ = ["STARTED", "note", "setup_from_environment"]
+__all__ = ["STARTED", "SLOW_SECONDS", "note", "wait", "setup_from_environment"]
+
+#: A start-up or exit wait longer than this (seconds) is told as a warning, naming it.
+SLOW_SECONDS = 2.0
 
 #: When autofork was first imported (``time.perf_counter``): the origin of every figure.
 STARTED = time.perf_counter()
@@ -54,6 +63,32 @@ def note(what: str, began: float | None = None, *args: object) -> None:
     if began is not None:
         text += f" ({(now - began) * 1e3:.1f} ms)"
     log.debug("%7.1f ms  %s", (now - STARTED) * 1e3, text)
+
+
+_warned: set[str] = set()
+
+
+def wait(phase: str, until: Callable[[Optional[float]], bool], warn: bool = True) -> bool:
+    """Wait as ``until(timeout)`` does (True once done; a None timeout waits for good),
+    telling how long it took at DEBUG as ``phase``; True when done.
+
+    ``until`` is first given ``SLOW_SECONDS``; if that was not enough, a warning says
+    which phase is waiting (once per phase and process, and only when ``warn``: a wait for
+    the program's own work is no stall), then it waits without a limit.
+    """
+    began = time.perf_counter()
+    done = until(SLOW_SECONDS)
+    if not done:
+        if warn and phase not in _warned:
+            _warned.add(phase)
+            import logging
+
+            logging.getLogger("autofork").warning(
+                "autofork: %s: still waiting after %.1f s (AUTOFORK_LOG=DEBUG times each "
+                "phase)", phase, time.perf_counter() - began)
+        done = until(None)
+    note(phase, began)
+    return done
 
 
 def _process_age() -> float | None:

@@ -263,3 +263,31 @@ def test_the_pool_module_leaves_worker_start_up_imports_to_its_dispatcher() -> N
     assert "autofork.runtime.processes" in loaded
     assert loaded.isdisjoint({"autofork.runtime.template", "autofork.runtime.worker", "subprocess",
                               "tempfile", "mmap", "socket", "multiprocessing.connection"})
+
+
+def test_a_slow_phase_warns_once_naming_it_and_is_timed(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A start-up or exit wait never sits silent: past SLOW_SECONDS a warning names the
+    phase (once), and DEBUG tells how long it took."""
+    import logging
+    import threading
+
+    from autofork import _phases
+
+    monkeypatch.setattr(_phases, "SLOW_SECONDS", 0.05)
+    phase = f"exit: test phase {time.monotonic_ns()}"  # a phase of its own: warned once each
+    with caplog.at_level(logging.DEBUG, logger="autofork"):
+        for _ in range(2):
+            done = threading.Event()
+            threading.Timer(0.2, done.set).start()
+            assert _phases.wait(phase, done.wait)
+            assert done.is_set()
+        assert _phases.wait(phase + " quick", lambda timeout: True)
+        slow = threading.Event()
+        threading.Timer(0.2, slow.set).start()
+        assert _phases.wait(phase + " quiet", slow.wait, warn=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"autofork: {phase}: still waiting after ")
+    timed = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum(f"ms  {phase} (" in m for m in timed) == 2
+    assert any(f"ms  {phase} quiet (" in m for m in timed)
