@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _phases
 from . import config, output, stats
-from .aio import EventLoopThread
 from .task import live_tasks, unobserved_failures
-from .threads import ThreadPool
 
 if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
+    from .aio import EventLoopThread
     from .executor import Engine, Executor
+    from .threads import ThreadPool
 
 __all__ = ["backend", "threads", "event_loop", "finish", "shutdown", "interrupt", "prestart",
            "before_finish"]
@@ -81,11 +81,15 @@ def backend() -> Engine:
 
 def threads() -> ThreadPool:
     """The thread pool for I/O-bound forks."""
+    from .threads import ThreadPool  # a program without I/O-bound forks never needs it
+
     return _part("threads", lambda settings: ThreadPool(settings.threads))
 
 
 def event_loop() -> EventLoopThread:
     """The background event loop for coroutines."""
+    from .aio import EventLoopThread
+
     return _part("loop", lambda settings: EventLoopThread())
 
 
