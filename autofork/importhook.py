@@ -586,16 +586,17 @@ def _load_libcst() -> None:
 
 
 def rewrite_code(data: bytes, path: str, name: str, package: Optional[str],
-                 resolver: Resolver) -> tuple[Optional[types.CodeType], bool]:
+                 resolver: Resolver, checked: bool = False) -> tuple[Optional[types.CodeType], bool]:
     """(code, rewritten) for a module's source; (None, False) when it needs no rewrite.
 
-    A syntax error of the user's raises the ``SyntaxError`` plain Python would; an
+    ``checked``: ``needs_rewrite`` already said yes for these very bytes (the finder asks
+    it before it hands out the loader), so its parse is not made twice.  A syntax error of the user's raises the ``SyntaxError`` plain Python would; an
     internal rewriter failure warns, naming the file, and gives the untransformed code.
     """
     transformer = _transformer()
     try:
         source = importlib.util.decode_source(data)
-        if not transformer.needs_rewrite(source, name, resolver, package):
+        if not checked and not transformer.needs_rewrite(source, name, resolver, package):
             return None, False
         _load_libcst()
         rewritten = transformer.rewrite(source, name, resolver, package)
@@ -652,6 +653,7 @@ class AutoforkLoader(importlib.machinery.SourceFileLoader):
         if code is not None:
             return code
         data, self._data = self._data, None
+        checked = data is not None  # the bytes the finder's needs_rewrite said yes to
         if data is None:
             data = self.get_data(self.path)
         _guard.busy = getattr(_guard, "busy", 0) + 1
@@ -659,7 +661,7 @@ class AutoforkLoader(importlib.machinery.SourceFileLoader):
             package = fullname if self.is_package(fullname) else fullname.rpartition(".")[0]
             self.dependencies.clear()
             code, rewritten = rewrite_code(data, self.path, fullname, package,
-                                           make_resolver(record=self.dependencies))
+                                           make_resolver(record=self.dependencies), checked)
         finally:
             _guard.busy -= 1
         if code is None:  # the source changed since find_spec and needs no rewrite now

@@ -380,3 +380,22 @@ def test_the_cache_across_runs_and_what_invalidates_it(tmp_path: Path) -> None:
     py_compile.compile(str(helper), cfile=str(tmp_path / "helper.pyc"), doraise=True)
     helper.unlink()
     assert run(autofork_from=changed) == ("([1, 2], -2, 2)", "not rewritten")
+
+
+def test_a_rewritten_module_is_tested_for_marks_once(modules: Modules, hook: ImportHook,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finder's cheap test (an ast parse) said yes: the loader does not make it again."""
+    from autofork import transformer
+
+    asked: list[str] = []
+    original = transformer.needs_rewrite
+
+    def counting(source: str, module_name: str, *args: object) -> bool:
+        asked.append(module_name)
+        return original(source, module_name, *args)
+
+    monkeypatch.setattr(transformer, "needs_rewrite", counting)
+    name, _ = modules.write("once", MARKED)
+    module = modules.fresh_import(name)
+    assert isinstance(module.__loader__, AutoforkLoader)
+    assert asked.count(name) == 1
