@@ -27,7 +27,7 @@ def run(args: list[str], cwd: Path, **env_changes: str) -> subprocess.CompletedP
 
 WHERE = """
     import json, os, sys, time
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork
 
     @implicit_fork
     def where(i):
@@ -35,6 +35,7 @@ WHERE = """
         return os.getpid()
 
     def pids():
+        evaluate(fork(abs, 1))  # the workers are up: the calls below run there
         calls = []
         for i in range(4):
             calls.append(where(i))

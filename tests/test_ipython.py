@@ -240,7 +240,13 @@ def kernel_children():
         if not more:
             return below - {KERNEL_PID}
         below |= more
+
+# The workers are up (until then a cell that waits for a marked call may run it itself):
+from autofork import evaluate, fork
+evaluate(fork(abs, 1))
 """
+
+WARM = "from autofork import evaluate, fork\nevaluate(fork(abs, 1))  # the workers are up\n"
 
 # Where eight marked calls ran: (in the kernel?, all in its child processes?)
 PIDS = """
@@ -350,7 +356,7 @@ def test_an_interrupt_stops_the_running_forks_and_the_kernel_goes_on(kernel_env,
 
         for n in range(8):
             spin(30)
-    """, PIDS)
+    """, WARM + PIDS)
     runner = client(nb, tmp_path)
     with runner.setup_kernel():
         for index in range(4):

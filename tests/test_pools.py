@@ -20,8 +20,6 @@ def test_the_first_call_runs_in_the_caller_while_no_worker_is_ready(tmp_path):
     result = run_script(tmp_path, """
         import os, time
         from autofork import implicit_fork
-        from autofork.runtime import processes
-        processes._CALLER_RUNS = True  # off by default for now (see the README)
 
         @implicit_fork
         def who(k):
@@ -144,3 +142,68 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_call_the_caller_runs_sees_what_it_would_have_seen_when_it_was_made(tmp_path):
+    """While no worker is ready the waiting caller may run a queued call, but only as a
+    worker would: on its arguments as they were at the call, with the globals, directory
+    and environment of that moment (else it waits for a worker, which gets those)."""
+    source = """
+        import os
+        from autofork import implicit_fork
+
+        SCALE = 1
+        os.makedirs("sub", exist_ok=True)
+
+        @implicit_fork
+        def seen(x, box):
+            return x * SCALE, list(box), os.path.basename(os.getcwd()), os.environ.get("MODE")
+
+        box = [1]
+        first = seen(1, box)  # queued while the workers start
+        box.append(2)         # each of these comes after the call: it must not see them
+        SCALE = 10
+        os.chdir("sub")
+        os.environ["MODE"] = "late"
+        second = seen(2, box)
+        print(first, second)
+    """
+    plain = run_script(tmp_path, source)
+    forked = run_script(tmp_path, source, module=True)
+    assert plain.returncode == forked.returncode == 0, forked.stderr
+    root = tmp_path.name
+    assert plain.stdout == f"(1, [1], '{root}', None) (20, [1, 2], 'sub', 'late')\n"
+    assert forked.stdout == plain.stdout
+
+
+_STARTED = re.compile(r"(?:template|worker) process (\d+) started")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("imports", ["", "import hypothesis  # slow: the template preloads it"])
+def test_exit_while_the_workers_start_waits_for_none_and_leaves_none(tmp_path, imports):
+    """A script whose only call is tiny: the caller runs it, and exit comes while the
+    template starts (or imports the program's modules) and the workers are being forked.
+    Every process the pool started (the DEBUG log names each) is gone with the program."""
+    result = run_script(tmp_path, f"""
+        import os
+        {imports}
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def tiny(x):
+            return os.getpid()
+
+        print(tiny(1) == os.getpid())
+    """, module=True, env={"AUTOFORK_LOG": "DEBUG", "AUTOFORK_WORKERS": "4"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True\n"  # no worker was ready: the caller ran it
+    started = [int(pid) for pid in _STARTED.findall(result.stderr)]
+    assert started, result.stderr  # the template at least was started
+    assert "warning" not in result.stderr.lower(), result.stderr
+    # subprocess.run has reaped the program: a short grace for the kernel to finish a
+    # kill; a process left to end by itself would still be importing or serving.
+    deadline = time.monotonic() + 0.2
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [pid for pid in started if _alive(pid)] == []

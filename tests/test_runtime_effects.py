@@ -31,7 +31,7 @@ def lines(result: subprocess.CompletedProcess) -> list[str]:
 MAIN_CLASSES = """
     import os, time
     from dataclasses import dataclass
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork; evaluate(fork(abs, 1))  # workers up: calls may run there
 
     class Box:
         def __init__(self, value):
@@ -86,7 +86,7 @@ def test_classes_and_dataclasses_of_the_script_are_arguments_and_results(tmp_pat
 
 ITERATORS = """
     import os, time
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork; evaluate(fork(abs, 1))  # workers up: calls may run there
 
     @implicit_fork
     def take_two(it):
@@ -212,7 +212,7 @@ SETTINGS = """
 GLOBALS = """
     import os, time
     import settings
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork; evaluate(fork(abs, 1))  # workers up: calls may run there
 
     SCALE = 1
     BIG = list(range(100_000))  # read by every call, never rebound
@@ -288,7 +288,7 @@ def test_a_large_global_that_never_changes_is_not_sent_again() -> None:
 
 CHANGED = """
     import time
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork; evaluate(fork(abs, 1))  # workers up: calls may run there
 
     class Bag:
         def __init__(self):
@@ -335,7 +335,7 @@ def test_an_argument_changed_in_a_worker_is_reported_once(tmp_path: Path) -> Non
 
 BINARY = """
     import os, subprocess, sys, time
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork
 
     @implicit_fork
     def emit(i):
@@ -358,7 +358,7 @@ BINARY = """
 
     pids = [emit(i) for i in range(4)]
     print("between")
-    sys.stdout.flush()
+    sys.stdout.flush(); evaluate(fork(abs, 1))  # emit() above may run in the caller, not child()
     pids += [child(i) for i in range(2)]
     print("end")
     print("elsewhere", any(pid not in (False, os.getpid()) for pid in pids), file=sys.stderr)

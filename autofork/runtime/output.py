@@ -118,7 +118,7 @@ class _Log:
                 return  # an earlier call is still running, or the emitter will see it
         self._drain()
 
-    def write(self, stream: Any, text: str) -> int:
+    def write(self, stream: Any, text: str | bytes) -> int:
         # autofork's own threads (the dispatcher's traceback, say) write at once: behind
         # a fork that never ends, their text would never be seen.
         if threading.current_thread().name.startswith("autofork-"):
@@ -246,8 +246,45 @@ class _OrderedStream:
         if _capture.get() is None:
             self._stream.flush()
 
+    @property
+    def buffer(self) -> Any:
+        """The wrapped stream's bytes layer, in call order as the text is."""
+        return _OrderedBuffer(self._stream.buffer, _OUT_BYTES if self._which == _OUT
+                              else _ERR_BYTES)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+class _OrderedBuffer:
+    """``sys.stdout.buffer`` of a program that forks: bytes written by a forked call
+    running in a thread of this process go to its list, bytes written while forks are
+    pending are queued behind them, as text is."""
+
+    def __init__(self, binary: Any, which: int) -> None:
+        self._binary = binary
+        self._which = which
+
+    def write(self, data: Any) -> int:
+        captured = _capture.get()
+        if captured is not None:
+            data = bytes(data)  # a bytearray or memoryview may change after the call
+            captured.append((self._which, data))
+            return len(data)
+        if _log.quiet:
+            return self._binary.write(data)
+        return _log.write(self._binary, bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if _capture.get() is None:
+            self._binary.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._binary, name)
 
 
 _log = _Log()

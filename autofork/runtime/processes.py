@@ -30,7 +30,14 @@ forks the workers from it once calls are coming (the first queued call, or
 ``ready()``), so that the modules imported by then are preloaded; with ``"spawn"`` each
 worker is a fresh interpreter.  A worker gets calls only after its hello (the first,
 empty message); until one is ready, a thread that waits for a call the rewriter forked
-runs it itself (``steal``): the program never waits for a worker to start.
+runs it itself (``steal``), as a worker would, from the pickled call: the program never
+waits for a worker to start.
+
+Close: after the calls held (at exit, ``engine`` has waited for every fork already).
+Waiting for the template's answer is a wait on the wake-up pipe too, so close never
+waits for the pool to start: the template (killed) and the workers that never got a call
+(killed) hold nothing of the program's; the others are told to stop (their ``atexit``
+handlers run).
 
 A worker writes the id of the call it starts and of the call it finishes into shared
 memory; when it dies, the pool fails the call it was running with ``WorkerCrashed``,
@@ -79,9 +86,6 @@ log = logging.getLogger("autofork")
 _BATCH_SECONDS = 0.004
 _MAX_BATCH = 512
 _MAX_FAILED_STARTS = 3
-# Off at the 23:30 hand-off: tests of other parts assume every rewritten call runs in a
-# worker (see /work/notes/f-pools.md); the machinery and its test are kept.
-_CALLER_RUNS = False
 _MAX_QUEUED = 10_000  # calls waiting to be sent; past it, fork() waits (back-pressure)
 _STOP_SECONDS = 2.0  # at shutdown, how long a worker told to stop may take to end
 
@@ -142,6 +146,10 @@ class _Worker:
     def close(self) -> None:
         self.conn.close()
         self.shm.close()
+        from .template import Forked
+
+        if type(self.process) is Forked:
+            self.process.close()
 
 
 def _spawn(child_end: int, shm_fd: int, path: list[str]) -> subprocess.Popen:
@@ -259,6 +267,9 @@ class ProcessPool:
         self._send_lock = threading.Lock()
         self._blocked = 0  # callers waiting for room in the queue
         self._answered = False  # a worker has answered (for the DEBUG timing of phases)
+        # The queue entries of calls made while no worker was ready, by id of their task:
+        # a thread that waits for one may run it itself (steal).
+        self._early: dict[int, tuple] = {}
 
     # -- the caller's side ---------------------------------------------------------
 
@@ -282,7 +293,10 @@ class ProcessPool:
         task.executor = self
         if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
             self._wait_for_room()
-        self._queue.append((task, key, call, blobs, state, context.current()))
+        entry = (task, key, call, blobs, state, context.current())
+        if not self._ready and not blobs:
+            self._early[id(task)] = entry
+        self._queue.append(entry)
         if self._thread is None:
             self.start()
         if self._sleeping and not self._send_direct():
@@ -333,26 +347,33 @@ class ProcessPool:
     def steal(self, task: Task) -> bool:
         """While no worker is ready, run a call the rewriter forked in the waiting thread
         (the program never waits for a worker to start).  Never an explicit ``fork``: it
-        runs in a worker, with its own pid, memory and crash."""
-        if not _CALLER_RUNS or self._ready or not task.caller_may_run or not task.claim():
+        runs in a worker, with its own pid, memory and crash.
+
+        It runs as a worker would run it: the plain function (its marked calls are plain
+        calls, so its value is a value, never a proxy of more forks), on a copy of its
+        arguments as they were pickled at the fork; and only while what it reads is as
+        it was then (the globals its function reads, the directory and environment), else
+        it waits for a worker, which gets them as they were (``freshness``, ``context``).
+        """
+        if self._ready or not task.caller_may_run:
+            return False
+        entry = self._early.get(id(task))
+        if entry is None or entry[0] is not task or not _unchanged(entry, self._functions):
+            return False
+        if not task.claim():
             return False  # the dispatcher skips a claimed entry of the queue
+        self._early.pop(id(task), None)
         began = time.perf_counter()
-        # As a worker would run it: the plain function (its marked calls are plain calls),
-        # so that its value is a value, never a proxy of more forks.
-        task.fn = for_workers(task.fn)
         if type(task) is Chunk:
-            _run_chunk_here(task, self._queued_call(task))  # type: ignore[arg-type]
+            task.fn = for_workers(task.fn)
+            _run_chunk_here(task, entry[2])  # type: ignore[arg-type]
         else:
+            task.fn = for_workers(_split_method(task)[0])
+            task.args, task.kwargs = pickle.loads(entry[2])
             task.run_here()
         if stats.active:
             stats.ran_here(task, time.perf_counter() - began, "starting")
         return True
-
-    def _queued_call(self, task: Task) -> bytes:
-        for entry in list(self._queue):
-            if entry[0] is task:
-                return entry[2]
-        raise RuntimeError(f"autofork: {task.name}() is not in the queue")  # pragma: no cover
 
     def mean_seconds(self, fn: Callable[..., Any]) -> Optional[float]:
         """The measured mean run time of one call of ``fn`` in a worker, if known."""
@@ -425,28 +446,59 @@ class ProcessPool:
             self._stop_workers()
 
     def _start_workers(self, path: list[str]) -> None:
-        from multiprocessing.connection import wait
-
         from .template import Template, preload_names
 
         began = time.perf_counter()
         if self._start_method == "forkserver":
             self._template = Template(path)
+            log.debug("template process %d started", self._template.process.pid)
             # Fork the workers at the first call, not before: the modules the program has
             # imported by then are imported in the template first (its preload).
-            self._sleeping = True
-            while not (self._queue or self._wanted or self._closing):
-                wait([self._wake_r])
-                os.read(self._wake_r, 4096)
-            self._sleeping = False
-            if self._closing and self._nothing_to_send():
+            if not self._wait_until(lambda: bool(self._queue or self._wanted)):
                 return  # exit does not start workers that nothing is left for
             self._template.preload(preload_names())
+            if not self._wait_until(self._template_answered):
+                return  # nor wait for the template to start or to import
         for _ in range(self.size):
+            if self._closing and self._nothing_to_send():
+                break
             self._add_worker(path)
-        _phases.note("pool: %d workers started", began, self.size)
-        log.debug("started %d worker processes (%s)", self.size, self._start_method
+        _phases.note("pool: %d workers started", began, len(self._workers))
+        log.debug("started %d worker processes (%s)", len(self._workers), self._start_method
                  if self._template is None or not self._template.broken else "spawn")
+
+    def _wait_until(self, done: Callable[[], bool]) -> bool:
+        """Wait for ``done()`` (checked at each wake-up, and when the template answers);
+        False if the pool closes first with no queued call left to run."""
+        from multiprocessing.connection import wait
+
+        while not done():
+            if self._closing and self._nothing_to_send():
+                return False
+            self._sleeping = True
+            if done():  # a call queued before _sleeping was set did not wake us
+                self._sleeping = False
+                continue
+            sources: list[Any] = [self._wake_r]
+            if self._template is not None and not self._template.broken:
+                sources.append(self._template)
+            ready = wait(sources)
+            self._sleeping = False
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+        return True
+
+    def _template_answered(self) -> bool:
+        """Whether the template answered the preload (or died: then workers are spawned)."""
+        from multiprocessing.connection import wait
+
+        template = self._template
+        if template is None or template.broken:
+            return True
+        if not wait([template], timeout=0):
+            return False
+        template.preloaded()
+        return True
 
     def _nothing_to_send(self) -> bool:
         """Whether every queued call was taken by a waiting thread (a stolen call stays
@@ -461,6 +513,7 @@ class ProcessPool:
                          else None)
         with self._send_lock:
             self._workers[worker.conn] = worker
+        log.debug("worker process %d started", worker.process.pid)
 
     def ready(self) -> bool:
         """Whether a worker is up and can run a call at once (not while they start).
@@ -508,6 +561,8 @@ class ProcessPool:
         while self._queue and len(batch) < size:
             entry = self._queue.popleft()
             task, key, call, blobs, state, where = entry
+            if self._early:
+                self._early.pop(id(task), None)
             if not task.claim():
                 self._blobs.release(blobs)
                 continue  # a waiting thread took it
@@ -554,6 +609,7 @@ class ProcessPool:
                 self._ready += 1
                 if self._ready == 1:
                     _phases.note("pool: a worker is ready")
+                    self._early.clear()  # from now on, waiting threads wait for workers
             return
         self._failed_starts = 0
         if not self._answered:
@@ -621,23 +677,27 @@ class ProcessPool:
         self._workers[replacement.conn] = replacement
 
     def _stop_workers(self) -> None:
+        """Exit waits only for the workers that ran calls: told to stop, each runs its
+        ``atexit`` handlers and ends (milliseconds).  A worker never given a call (idle,
+        or still starting) and the template are killed: nothing of the program's is in
+        them, and exit never waits for a process to start."""
         import subprocess
 
         workers = list(self._workers.values())
+        told = []
         for worker in workers:
-            if not worker.known and not worker.held:
-                # Never given a call (it may still be starting): it holds nothing and has
-                # printed nothing, so it is killed rather than waited for.
+            if worker.known or worker.held:
+                told.append(worker)
+                try:
+                    worker.conn.send_bytes(pickle.dumps(None))
+                except OSError:
+                    pass  # already dead: wait() below reads its status
+            else:
                 worker.process.kill()
-                continue
-            try:
-                worker.conn.send_bytes(pickle.dumps(None))
-            except OSError:
-                pass
-        # The others end at once when told to (worker._exit_now); one that does not is
-        # killed, and the log says so: exit never waits long in silence.
+        # They end at once when told to (worker._exit_now); one that does not is killed,
+        # and the log says so: exit never waits long in silence.
         deadline = time.monotonic() + (0.5 if self._killing else _STOP_SECONDS)
-        for worker in workers:
+        for worker in told:
             try:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -648,6 +708,7 @@ class ProcessPool:
             for task, *_ in worker.held.values():
                 task.set_failure(_crash_failure(task, _describe_exit(worker.process.returncode),
                                                 "autofork was shutting down"))
+        for worker in workers:
             worker.close()
         self._workers = {}
         self._ready = 0
@@ -658,6 +719,7 @@ class ProcessPool:
             if task.claim():
                 task.set_failure(_crash_failure(task, "not started", "autofork was shutting down"))
         self._queue.clear()
+        self._early.clear()
 
 
 def _function_and_globals(worker: _Worker, key: int, state: Optional[tuple[int, Optional[bytes]]],
@@ -675,6 +737,24 @@ def _function_and_globals(worker: _Worker, key: int, state: Optional[tuple[int, 
     if number == 0:
         return functions[key], None  # the state it was pickled with: load it afresh
     return None, update
+
+
+def _unchanged(entry: tuple, functions: _FunctionCache) -> bool:
+    """Whether what a queued call reads is as it was when it was made: the globals its
+    function reads (their state then: ``entry[4]``) and the directory and environment
+    (their generation then: ``entry[5]``)."""
+    if entry[5] != context.current():
+        return False
+    state = entry[4]
+    if state is None:
+        return True
+    task = entry[0]
+    fn = task.fn if type(task) is Chunk else _split_method(task)[0]
+    try:
+        watch = functions.get(fn)[2]
+        return watch is not None and watch.state()[0] == state[0]
+    except Exception:  # noqa: BLE001 - a rebound global that cannot be pickled: changed
+        return False
 
 
 def _overhead(worker: _Worker, task_id: int, begin: float, end: float, back: float) -> float:

@@ -14,6 +14,7 @@ Data flow (program side: the pool's dispatcher thread, the only one that talks t
     dispatcher thread                              template process (one thread)
     -----------------                              -----------------------------
     preload [module names]       -- message -->    import each (failures ignored)
+    (waits, or stops at close)   <-- "ready" --
     fork (path) + 3 fds          -- message -->    os.fork(): the child closes what is
       (worker socket, shm, status)                 not its own and runs worker.main
     reads the pid                <-- message --    pid (or 0: cannot fork safely)
@@ -22,7 +23,8 @@ Data flow (program side: the pool's dispatcher thread, the only one that talks t
 
 Rules: the template forks only while it runs one thread (a library that started threads
 at import makes it answer 0, and the pool starts its workers with ``spawn`` instead).
-It dies with the program: at EOF on its socket, when its parent changes, and by
+It dies with the program: the pool kills it when it closes (exit never waits for it, nor
+for its imports); else at EOF on its socket, when its parent changes, and by
 PR_SET_PDEATHSIG; each worker dies with the template (PR_SET_PDEATHSIG and the worker's
 watchdog), so none outlives the program.  The template ignores SIGINT (its own session,
 like every worker: the program owns Ctrl-C).
@@ -48,6 +50,7 @@ log = logging.getLogger("autofork")
 
 _STATUS = struct.Struct("i")
 _PID = struct.Struct("q")
+_READY = b"ready"  # the template's answer to "preload": it can fork workers now
 _MAX_MESSAGE = 1 << 20
 # The template's own imports: everything a worker needs before its first call.
 _READY_MODULES = ("autofork.runtime.worker", "autofork.runtime.serialize",
@@ -65,12 +68,14 @@ class Forked:
         self._status = status_fd
 
     def poll(self) -> Optional[int]:
+        if self.returncode is None and self._status < 0:
+            self.returncode = -signal.SIGKILL  # closed after a kill
         if self.returncode is None and select.select([self._status], [], [], 0)[0]:
             self._read_status()
         return self.returncode
 
     def wait(self, timeout: Optional[float] = None) -> int:
-        if self.returncode is None:
+        if self.poll() is None:
             if not select.select([self._status], [], [], timeout)[0]:
                 raise subprocess.TimeoutExpired(f"autofork worker {self.pid}", timeout or 0.0)
             self._read_status()
@@ -83,9 +88,16 @@ class Forked:
             except ProcessLookupError:
                 pass
 
+    def close(self) -> None:
+        """Stop following the worker (it was killed, or told to stop and waited for)."""
+        if self._status >= 0:
+            os.close(self._status)
+            self._status = -1
+
     def _read_status(self) -> None:
         data = os.read(self._status, _STATUS.size)
         os.close(self._status)
+        self._status = -1
         # No status: the template died first, and took the worker with it (PDEATHSIG).
         self.returncode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else -signal.SIGKILL
 
@@ -107,8 +119,25 @@ class Template:
         self.broken = False
 
     def preload(self, names: list[str]) -> None:
-        """Ask the template to import ``names`` before it forks workers."""
+        """Ask the template to import ``names`` before it forks workers; it answers when
+        it has (``preloaded``): wait for ``fileno()`` to be readable."""
         self._send(pickle.dumps(("preload", names)), [])
+
+    def fileno(self) -> int:
+        """The socket to the template (readable once it answered ``preload``)."""
+        return self._socket.fileno()
+
+    def preloaded(self) -> None:
+        """Read the template's answer to ``preload`` (it is broken if it died instead)."""
+        try:
+            answer = self._socket.recv(_PID.size)
+        except OSError:
+            answer = b""
+        if answer != _READY:
+            self.broken = True
+            log.warning("autofork: the template process ended before it could fork workers "
+                        "(exit status %s); starting each worker as a fresh interpreter instead",
+                        self.process.poll())
 
     def fork(self, conn_fd: int, shm_fd: int, path: list[str]) -> Optional[Forked]:
         """A new worker on ``conn_fd`` and ``shm_fd``; None if the template cannot fork."""
@@ -140,9 +169,11 @@ class Template:
             self.broken = True
 
     def close(self) -> None:
-        """Let the template go: it exits at EOF, without being waited for here."""
+        """Kill the template (its workers die with it): it holds nothing of the program's,
+        and exit does not wait for it, even while it starts or imports."""
         self._socket.close()
-        self.process.poll()
+        if self.process.poll() is None:
+            self.process.kill()
 
 
 # Math libraries start a thread pool when imported (OpenBLAS does), and a process with
@@ -158,19 +189,28 @@ def _environment() -> dict[str, str]:
     return env
 
 
+# Imported here by autofork itself, not by the program: libcst only to rewrite (a worker
+# never needs it, and it takes 0.2 s to import); the template imports cloudpickle anyway.
+_OWN_DEPENDENCIES = frozenset({"autofork", "libcst", "cloudpickle"})
+
+
 def preload_names() -> list[str]:
-    """Top-level names of the third-party modules imported here (site-packages)."""
-    roots = {os.path.normcase(os.path.realpath(p)) + os.sep
-             for key in ("purelib", "platlib") if (p := sysconfig.get_paths().get(key))}
-    names = set()
+    """Names of the top-level third-party modules imported here (in site-packages), but
+    for autofork's own (``_OWN_DEPENDENCIES``).  A package's submodules are not named: a
+    worker imports them from the preloaded package at its first call that needs them."""
+    paths = sysconfig.get_paths()
+    roots = {os.path.join(path, "") for key in ("purelib", "platlib")
+             if (found := paths.get(key)) for path in (found, os.path.realpath(found))}
+    prefixes = tuple(roots)
+    names = []
     for name, module in list(sys.modules.items()):
-        top = name.partition(".")[0]
-        if top in names or top == "autofork" or top.startswith("_") or module is None:
+        if "." in name or name.startswith("_") or name in _OWN_DEPENDENCIES or module is None:
             continue
         where = getattr(module, "__file__", None)
-        if where and any(os.path.normcase(os.path.realpath(where)).startswith(root)
-                         for root in roots):
-            names.add(top)
+        if where is None:  # a namespace package: where its first part is
+            where = next(iter(getattr(module, "__path__", None) or ()), None)
+        if isinstance(where, str) and where.startswith(prefixes):
+            names.append(name)
     return sorted(names)
 
 
@@ -228,6 +268,7 @@ def _handle(control: socket.socket, children: dict[int, int], own: tuple) -> boo
                 __import__(name)
             except BaseException:  # noqa: BLE001 - a worker imports it itself if it needs it
                 pass
+        control.send(_READY)
         return True
     conn_fd, shm_fd, status_fd = fds
     pid = _fork(conn_fd, shm_fd, status_fd, children, own, payload) if _one_thread() else 0
