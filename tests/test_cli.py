@@ -356,11 +356,11 @@ def _parallel_capacity(tmp_path: Path) -> float:
 
 WHERE = """
     import json, os, sys, threading, time
-    from autofork import evaluate_all, fork, implicit_fork, io_bound
+    from autofork import evaluate, evaluate_all, fork, implicit_fork, io_bound
 
     @implicit_fork
     def where(i):
-        time.sleep(0.4)
+        time.sleep(0.15)
         return os.getpid()
 
     lock = threading.Lock()
@@ -372,11 +372,12 @@ WHERE = """
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.4)
+        time.sleep(0.2)
         with lock:
             running -= 1
         return threading.get_ident()
 
+    evaluate(fork(abs, 1))  # the workers are up: a waiting caller may run a call itself
     pids = []
     for i in range(6):
         pids.append(where(i))
