@@ -94,10 +94,10 @@ def script(path: str) -> Program:
 def module(name: str) -> Program:
     """The program ``python -m name`` runs; imports its parent packages, as Python does."""
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importhook.plain_spec(name)
         if spec is not None and spec.submodule_search_locations is not None:
             main_name = name + ".__main__"
-            spec = importlib.util.find_spec(main_name)
+            spec = importhook.plain_spec(main_name)
             if spec is None:
                 raise NoProgram(f"{sys.executable}: No module named {main_name}; "
                                 f"{name!r} is a package and cannot be directly executed")

@@ -89,6 +89,7 @@ __all__ = [
     "Rules",
     "install",
     "installed_hooks",
+    "plain_spec",
     "make_resolver",
     "parse_patterns",
     "disabled",
@@ -286,6 +287,26 @@ def _find_spec(name: str, search_path: Sequence[str] = ()) -> Optional[importlib
         spec = importlib.machinery.PathFinder.find_spec(name, list(search_path))
         if spec is not None:
             return spec
+    return _ask_finders(name, path)
+
+
+def plain_spec(name: str) -> Optional[importlib.machinery.ModuleSpec]:
+    """The spec the import system finds for ``name`` with no autofork hook asked about it;
+    its parent packages are imported first, as an import would (through the hooks).
+
+    For the module run as ``__main__`` (``python -m autofork -m pkg``): its rewrite is the
+    CLI's (``main_code``, cached as such), so the hook's own analysis of it as a module
+    would only cost a parse, and libcst's import on every run.
+    """
+    if not name or name.startswith("."):
+        raise ImportError(f"relative module names are not supported: {name!r}", name=name)
+    parent, _, _ = name.rpartition(".")
+    path: Optional[Iterable[str]] = None
+    if parent:
+        path = getattr(importlib.import_module(parent), "__path__", None)
+        if path is None:
+            raise ModuleNotFoundError(f"__path__ attribute not found on {parent!r} while "
+                                      f"trying to find {name!r}", name=name)
     return _ask_finders(name, path)
 
 

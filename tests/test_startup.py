@@ -59,6 +59,7 @@ def _env(**changes: str) -> dict[str, str]:
 
 
 def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"))
 
 
@@ -291,3 +292,28 @@ def test_a_slow_phase_warns_once_naming_it_and_is_timed(
     timed = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert sum(f"ms  {phase} (" in m for m in timed) == 2
     assert any(f"ms  {phase} quiet (" in m for m in timed)
+
+
+@pytest.mark.timeout(200)
+def test_a_cached_package_main_imports_no_libcst(tmp_path: Path) -> None:
+    """``python -m autofork -m app``: the hook does not analyse ``app.__main__`` as a module
+    before the CLI reads its cached rewrite (that analysis imported libcst on every run)."""
+    _write(tmp_path / "app" / "__init__.py", "")
+    _write(tmp_path / "app" / "work.py", MARKED_HELPER)
+    _write(tmp_path / "app" / "__main__.py", """
+        import json, sys
+        from .work import double
+
+        values = [double(i) for i in range(3)]
+        print(json.dumps({"libcst": "libcst" in sys.modules, "n": len(values),
+                          "rewritten": any(n.startswith("_autofork_rt") for n in globals())}))
+    """)
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-m", "autofork", "-m", "app"], cwd=tmp_path,
+                              env=_env(), capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    assert run() == {"libcst": True, "n": 3, "rewritten": True}
+    assert run() == {"libcst": False, "n": 3, "rewritten": True}
