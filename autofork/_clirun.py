@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import importlib.machinery
-import importlib.util
 import os
 import sys
 import time
