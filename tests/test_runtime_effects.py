@@ -8,6 +8,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_script
@@ -497,3 +498,56 @@ def test_the_scripts_cached_functions_run_in_workers(tmp_path: Path) -> None:
     assert forked.splitlines()[0] == plain.splitlines()[0] == str(
         [0, 10, 20, 0, 10, 20, 0, 1, 4, 9])
     assert forked.splitlines()[1] == "elsewhere True"
+
+
+# -- 10. globals changed in place -------------------------------------------------------------
+
+IN_PLACE = """
+    import os, time
+    from autofork import evaluate, fork, implicit_fork
+
+    CONFIG = {"scale": 2, "nested": {"offset": 0}}
+    STOP = {"a"}
+
+    @implicit_fork
+    def work(x):
+        time.sleep(0.02)  # long enough to be forked
+        return x * CONFIG["scale"] + CONFIG["nested"]["offset"] + (x in STOP), os.getpid()
+
+    def show(results):
+        print([value for value, _ in results])
+        return {pid for _, pid in results}
+
+    evaluate(fork(abs, 1))  # the workers are up (before, the caller may run the calls)
+    pids = show([work(i) for i in range(3)])
+    CONFIG["scale"] = 5
+    pids |= show([work(i) for i in range(3)])
+    CONFIG["nested"]["offset"] = 100
+    STOP.add(1)
+    pids |= show([work(i) for i in range(3)])
+    print("elsewhere", bool(pids - {os.getpid()}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_forked_calls_see_small_globals_changed_in_place(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, IN_PLACE)
+    assert forked.splitlines()[:3] == plain.splitlines()[:3] == [
+        "[0, 2, 4]", "[0, 5, 10]", "[100, 106, 110]"]
+    assert forked.splitlines()[3] == "elsewhere True"
+
+
+def test_a_watch_sees_small_plain_containers_change_in_place_only() -> None:
+    from autofork.runtime import freshness
+
+    namespace = {"CONFIG": {"k": [1, 2]}, "ARRAYS": [np.zeros(3)], "BIG": list(range(1000))}
+    exec("def f():\n    return CONFIG, ARRAYS, BIG", namespace)
+    watch = freshness.watch(namespace["f"])
+    first = watch.state()
+    assert watch.state() is first                      # nothing changed: the same state
+    namespace["CONFIG"]["k"].append(3)                 # two levels down, in place
+    second = watch.state()
+    assert second[0] != first[0] and pickle.loads(second[1]) == {("", "CONFIG"): {"k": [1, 2, 3]}}
+    namespace["ARRAYS"][0][0] = 1.0                    # not plain data: not watched
+    namespace["BIG"].append(1)                         # too large: not watched
+    assert watch.state() is second

@@ -18,9 +18,13 @@ the values they had when the function was pickled.  Each call asks ``Watch.state
   (``worker._apply_globals`` writes them into the function's globals, or into the
   module for another module's attribute).
 
-A global changed in place (``CONFIG["k"] = v`` on a dict that the program keeps) keeps
-its identity and is not seen: pass such a value as an argument.  Globals read through
-``getattr`` or ``globals()`` are not seen either: only names in the code count.
+A global changed in place keeps its identity: a small built-in container of plain data
+(a dict, list or set of at most 256 numbers, strings or such containers, three levels
+down: ``CONFIG["k"] = v``, ``STOP_WORDS.add(w)``) is compared with a deep copy of itself
+at each call (about 1 µs for 20 items), and sent again when it differs; a larger one,
+one holding other objects (arrays, instances), or another mutable object changed in
+place is not seen: pass such a value as an argument.  Globals read through ``getattr`` or ``globals()`` are not
+seen either: only names in the code count.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ _OWN = ""  # the owner of a function's own globals (a module name otherwise)
 class Watch:
     """The globals one function reads, and the state of their values last seen."""
 
-    __slots__ = ("_reads", "_dicts", "_same", "_last", "_changed", "current")
+    __slots__ = ("_reads", "_dicts", "_same", "_last", "_copies", "_changed", "current")
 
     def __init__(self, reads: list[tuple[str, dict, str]]) -> None:
         self._reads = reads
@@ -52,6 +56,8 @@ class Watch:
         self._dicts = tuple(distinct.values())
         self._same = _identity_test(reads, self._dicts)
         self._last = tuple(namespace[name] for _, namespace, name in reads)
+        # index -> a deep copy of a small built-in container, to see it changed in place
+        self._copies: dict[int, Any] = _copies(self._last)
         self._changed: dict[tuple[str, str], Any] = {}
         self.current: tuple[int, Optional[bytes]] = (0, None)  # (state, bytes to send)
 
@@ -59,11 +65,23 @@ class Watch:
         """(state number, pickled rebound globals or None): the globals as they are now.
         Raises what pickling a rebound value raises."""
         try:
-            if self._same(*self._dicts, self._last):
+            if self._same(*self._dicts, self._last) and (
+                    not self._copies or self._unchanged()):
                 return self.current
         except KeyError:  # a global was deleted: it keeps its last value in the workers
             pass
         return self._update()
+
+    def _unchanged(self) -> bool:
+        last = self._last
+        for index, copy in self._copies.items():
+            try:
+                if last[index] != copy:
+                    return False
+            except Exception:  # noqa: BLE001 - cannot compare: no longer watched in place
+                del self._copies[index]
+                return True
+        return True
 
     def state_for(self, name: str) -> tuple[int, Optional[bytes]]:
         """``state()``; NotSendable naming the function ``name`` if a rebound value cannot
@@ -78,15 +96,53 @@ class Watch:
 
     def _update(self) -> tuple[int, Optional[bytes]]:
         now = []
-        for (owner, namespace, name), last in zip(self._reads, self._last):
+        for index, ((owner, namespace, name), last) in enumerate(zip(self._reads, self._last)):
             value = namespace.get(name, last)
-            if value is not last:
+            if value is not last or index in self._copies and _differs(value, self._copies[index]):
                 self._changed[(owner, name)] = value
             now.append(value)
         data = dumps(self._changed)
         self._last = tuple(now)
+        self._copies = _copies(self._last)
         self.current = (next(_states), data)
         return self.current
+
+
+# A global of these types, this small, is compared with a copy of itself at each call,
+# so that a change in place (``CONFIG["scale"] = 3``, ``STOP_WORDS.add(w)``) is seen.
+_CONTAINERS = (dict, list, set)
+_IN_PLACE_LIMIT = 256
+
+
+_SCALARS = (int, float, complex, str, bool, type(None))
+
+
+def _plain_data(value: Any, depth: int = 3) -> bool:
+    """Small built-in data all the way down (what a configuration holds): cheap to copy
+    and to compare, unlike an array or an object of the program's."""
+    if isinstance(value, _SCALARS) or isinstance(value, bytes) and len(value) <= 1024:
+        return True
+    if depth == 0 or not isinstance(value, (*_CONTAINERS, tuple, frozenset)):
+        return False
+    if len(value) > _IN_PLACE_LIMIT:
+        return False
+    items = value.items() if isinstance(value, dict) else ((item, None) for item in value)
+    return all(_plain_data(key, depth - 1) and _plain_data(item, depth - 1)
+               for key, item in items)
+
+
+def _copies(values: tuple) -> dict[int, Any]:
+    import copy
+
+    return {index: copy.deepcopy(value) for index, value in enumerate(values)
+            if isinstance(value, _CONTAINERS) and _plain_data(value)}
+
+
+def _differs(value: Any, copy: Any) -> bool:
+    try:
+        return bool(value != copy)
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def watch(fn: Callable[..., Any]) -> Optional[Watch]:
