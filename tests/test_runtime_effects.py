@@ -390,7 +390,7 @@ def test_a_worker_writes_bytes_and_hands_its_descriptors_on(tmp_path: Path) -> N
 
 CONTEXT = """
     import os, time
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork
 
     for d in "ab":
         os.makedirs(f"data/{d}", exist_ok=True)
@@ -406,6 +406,7 @@ CONTEXT = """
             text = f.read()
         return f"{text} {os.environ.get('GREETING', 'none')}", os.getpid()
 
+    evaluate(fork(abs, 1))  # the workers are up (before, the caller may run the calls)
     results = [read("a/x.txt")]
     for d in "ab":  # the calls are queued together; each runs where it was made
         os.chdir(d)
@@ -472,7 +473,7 @@ def test_output_after_a_failed_call_is_what_the_sequential_program_wrote(tmp_pat
 
 CACHED = """
     import functools, os, time
-    from autofork import implicit_fork
+    from autofork import evaluate, fork, implicit_fork
 
     @implicit_fork
     @functools.lru_cache(maxsize=16)
@@ -486,6 +487,7 @@ CACHED = """
         time.sleep(0.05)
         return n * n, os.getpid()
 
+    evaluate(fork(abs, 1))  # the workers are up (before, the caller may run the calls)
     results = [tenfold(i % 3) for i in range(6)] + [square(i) for i in range(4)]
     print([value for value, _ in results])
     print("elsewhere", any(pid != os.getpid() for _, pid in results))
