@@ -9,6 +9,8 @@ is asked about, the finder bails out as early as it can:
    rewriter imports libcst, the resolver asks other finders), and everything when
    ``AUTOFORK=0``;
 2. by place (the rules below): the standard library and site-packages are left alone;
+   a submodule whose package's ``__path__`` lies there is skipped before any finder
+   searches for it (``Rules.skips_place``), unless an ``include`` pattern could want it;
 3. by content: a valid cached rewrite is used as is; otherwise the transformer's cheap
    ``needs_rewrite`` test (no libcst) decides, and a module that needs no rewrite is
    left to the normal import machinery, byte for byte, with its normal pyc.
@@ -189,6 +191,16 @@ def _in_library(origin: str) -> bool:
     return real.startswith(_SKIPPED_DIRS)
 
 
+_LIBRARY_DIRS: dict[str, bool] = {}
+
+
+def _dir_in_library(directory: str) -> bool:
+    known = _LIBRARY_DIRS.get(directory)
+    if known is None:
+        known = _LIBRARY_DIRS[directory] = _in_library(os.path.join(directory, "_"))
+    return known
+
+
 class Rules:
     """Which modules the hook rewrites.  ``only``, when set, limits it to those patterns."""
 
@@ -222,6 +234,19 @@ class Rules:
         if top in sys.stdlib_module_names:
             return not any(_matches(p, name, "") for p in self.include if not _is_path(p))
         return False
+
+    def skips_place(self, path: Optional[Iterable[str]]) -> bool:
+        """The bail-out for a submodule by where it can be, before any finder searches:
+        every directory of its package's ``__path__`` is in the library (site-packages,
+        the standard library), and no ``include`` or ``only`` pattern could take it back.
+
+        Without it, each of the ~500 modules that ``import pandas`` loads was searched for
+        twice (by the hook, then by the import) and its path resolved: 0.3 s under load.
+        """
+        if path is None or self.include or self.only is not None:
+            return False
+        entries = list(path)
+        return bool(entries) and all(_dir_in_library(entry) for entry in entries)
 
     def wants(self, name: str, origin: str) -> bool:
         """Whether the module ``name`` loaded from ``origin`` is to be rewritten."""
@@ -719,7 +744,8 @@ class ImportHook:
 
     def find_spec(self, fullname: str, path: Optional[Iterable[str]] = None,
                   target: Optional[types.ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
-        if getattr(_guard, "busy", 0) or disabled() or self.rules.skips_name(fullname):
+        if (getattr(_guard, "busy", 0) or disabled() or self.rules.skips_name(fullname)
+                or self.rules.skips_place(path)):
             return None
         _guard.busy = getattr(_guard, "busy", 0) + 1
         try:

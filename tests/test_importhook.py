@@ -399,3 +399,40 @@ def test_a_rewritten_module_is_tested_for_marks_once(modules: Modules, hook: Imp
     module = modules.fresh_import(name)
     assert isinstance(module.__loader__, AutoforkLoader)
     assert asked.count(name) == 1
+
+
+def test_a_library_package_s_submodules_are_skipped_by_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submodule whose package lives in site-packages is decided from the package's
+    ``__path__``: no finder search, no read (``import pandas`` loads ~500 of them).  An
+    ``include`` pattern still takes it back."""
+    site_dir = tmp_path / "site-packages"
+    package = f"libpkg_{uuid.uuid4().hex[:8]}"
+    write(site_dir / package / "__init__.py", "")
+    write(site_dir / package / "sub.py", MARKED)
+    monkeypatch.syspath_prepend(str(site_dir))
+    monkeypatch.delenv("AUTOFORK", raising=False)
+    searched: list[str] = []
+    original = importhook._ask_finders
+
+    def counting(name: str, path: object) -> object:
+        searched.append(name)
+        return original(name, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importhook, "_ask_finders", counting)
+    try:
+        with ImportHook(Rules()):
+            sub = importlib.import_module(f"{package}.sub")
+        assert type(sub.__loader__) is importlib.machinery.SourceFileLoader
+        assert searched == [package]  # the top-level package only
+        for name in (package, f"{package}.sub"):
+            del sys.modules[name]
+        with ImportHook(Rules(include=(package,))):
+            assert isinstance(importlib.import_module(f"{package}.sub").__loader__, AutoforkLoader)
+    finally:
+        for name in [n for n in sys.modules if n.startswith(package)]:
+            del sys.modules[name]
+    assert Rules().skips_place([str(site_dir / package)])
+    assert not Rules().skips_place([str(tmp_path / "project" / "pkg")])
+    assert not Rules().skips_place(None) and not Rules().skips_place([])
+    assert not Rules(only=("x",)).skips_place([str(site_dir / package)])
