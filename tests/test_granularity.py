@@ -301,6 +301,46 @@ def test_calls_whose_values_are_needed_at_once_end_up_in_the_caller():
     assert granularity._functions[step].serial
 
 
+DEPTHS = []  # call levels between chained() and its caller, of the calls run here
+PARENT = os.getpid()
+
+
+@implicit_fork
+def chained(state):
+    spin(20e-6)
+    if os.getpid() == PARENT:
+        frame, depth = sys._getframe(1), 1
+        while frame is not None and not frame.f_code.co_name.startswith("_chain_"):
+            frame, depth = frame.f_back, depth + 1
+        DEPTHS.append(depth)
+    return state + 1
+
+
+def _chain_in_a_loop(n, state):
+    with implicit.Joiner() as joiner:  # what the rewriter makes of a loop
+        for _ in range(n):
+            state = joiner.fork(chained, state)
+    return state
+
+
+def _chain_of_forks(n, state):
+    for _ in range(n):
+        state = implicit.fork(chained, state)
+    return state
+
+
+def test_once_a_chain_runs_in_the_caller_its_calls_cost_one_call_level():
+    _workers_ready()
+    assert evaluate(_chain_in_a_loop(300, 0)) == 300
+    assert granularity._functions[chained].serial
+    for run in (_chain_in_a_loop, _chain_of_forks):
+        DEPTHS.clear()
+        assert evaluate(run(300, 0)) == 300
+        # the call site, Joiner.fork or implicit.fork, the function: as an inline call
+        # (a probe forks one call now and then; its successor runs through call())
+        assert DEPTHS.count(2) >= 280, (run.__name__, sorted(set(DEPTHS)))
+
+
 @implicit_fork
 def independent(k):
     spin(3e-3)

@@ -26,6 +26,7 @@ import builtins
 import functools
 import os
 import pickle
+import sys
 import traceback
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -270,16 +271,27 @@ def _synthetic_tb(frame: Frame, tb_next: TracebackType | None) -> TracebackType 
 _INTERNAL = os.path.dirname(os.path.abspath(__file__))
 
 
-def call_site() -> Frame | None:
-    """The first frame outside autofork's runtime: where the user forked."""
-    import sys
+_internal_files: dict[str, bool] = {}  # file name -> inside autofork's runtime
+_new_frame = tuple.__new__  # Frame(...) without NamedTuple's Python-level __new__
 
+
+def call_site() -> Frame | None:
+    """The first frame outside autofork's runtime: where the user forked.
+
+    On every fork: each file name is tested once, and the Frame built as a plain tuple.
+    """
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+    internal = _internal_files
+    while frame is not None:
+        name = frame.f_code.co_filename
+        inside = internal.get(name)
+        if inside is None:
+            inside = internal[name] = name.startswith(_INTERNAL)
+        if not inside:
+            code = frame.f_code
+            return _new_frame(Frame, (name, frame.f_lineno, code.co_name))
         frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return None
-    return Frame(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+    return None
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -31,7 +31,8 @@ call.  So autofork watches what the caller does with each forked call of a funct
 when the next call comes, was the previous one still running, and did the new call
 depend on it, or did the caller wait for it soon after forking it?  After
 ``_SERIAL_AFTER`` such calls in a row, the function's calls run here, in the caller
-(``serial``); one call in ``probe`` is forked again to see whether overlap has
+(``serial``: ``implicit.fork`` makes them after one dict lookup, ``running_serial``);
+one call in ``probe`` is forked again to see whether overlap has
 appeared (the next call came while it ran, and did not need it), in which case the
 function forks again; else the probe interval doubles, up to ``_PROBE_MAX``.
 
@@ -63,7 +64,7 @@ from .task import DONE, QUEUED, Chunk, ChunkItem, Task, track
 if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
     from .executor import Engine
 
-__all__ = ["call", "flush_all", "running_inline"]
+__all__ = ["call", "flush_all", "running_inline", "running_serial", "UNSCANNED"]
 
 log = logging.getLogger("autofork")
 
@@ -123,6 +124,13 @@ _functions: dict[Any, _Function] = {}
 # Once inline, a function stays inline for the run (a resample would cost every call).
 # Read-only outside this module (the set is cleared in place, never replaced).
 running_inline: set[Any] = set()
+# Functions whose calls run in the caller because they overlap nothing (a chain), for
+# the same hot path: while ``countdown`` > 1 and no argument is of a kind in ``UNSCANNED``
+# (a proxy, or a container that may hold one), implicit.fork counts the call down and
+# makes it, one dict lookup and no further call level; the call that reaches 1 goes
+# through ``call``, which forks it as a probe.  Not with --stats (``call`` times them).
+running_serial: dict[Any, "_Function"] = {}
+UNSCANNED = frozenset((ResultProxy, list, tuple, dict))
 
 
 def _learn(fn: Callable[..., Any]) -> _Function:
@@ -188,6 +196,7 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
                 return _timed_serial(fn, args, kwargs)
             return fn(*args, **kwargs)
         known.serial = False
+        running_serial.pop(fn, None)
         known.probing = True  # this call forks, and the next one tells what it overlapped
         known.last = None
     if known.inline:
@@ -289,6 +298,8 @@ def _go_serial(fn: Callable[..., Any], known: _Function) -> None:
     known.streak = 0
     known.serial = True
     known.countdown = known.probe_every
+    if not stats.active:
+        running_serial[fn] = known
 
 
 def _timed_serial(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -301,8 +312,7 @@ def _timed_serial(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 
 def _has_proxy(args: tuple) -> bool:
     for value in args:
-        kind = type(value)
-        if kind is ResultProxy or kind is list or kind is tuple or kind is dict:
+        if type(value) in UNSCANNED:
             return True  # a proxy, or a container that may hold one: scan() decides
     return False
 
@@ -357,6 +367,7 @@ def _settle(known: _Function, mean: float, fn: Optional[Callable[..., Any]] = No
 def _forget(old: Any, new: Any) -> None:
     _functions.clear()  # the backend, AUTOFORK or --stats changed: learn again
     running_inline.clear()
+    running_serial.clear()
 
 
 config.on_change(_forget)

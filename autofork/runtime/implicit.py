@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Optional
 from . import config, engine, output
 from .errors import add_note
 from .folds import Folds
-from .granularity import call, running_inline
+from .granularity import UNSCANNED, call, running_inline, running_serial
 from .proxy import ResultProxy, unwrap
 from .settle import settle
 from .task import DONE
@@ -41,6 +41,14 @@ def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     if fn in running_inline:
         # The hot path of a tiny marked function: a plain call, nothing else.
         return fn(*args, **kwargs) if kwargs else fn(*args)
+    chain = running_serial.get(fn)
+    if chain is not None and chain.countdown > 1 and not kwargs:
+        for arg in args:  # (a loop costs less here than isdisjoint(map(type, args)))
+            if type(arg) in UNSCANNED:
+                break
+        else:
+            chain.countdown -= 1  # the hot path of a chain (granularity.running_serial)
+            return fn(*args)
     return call(fn, args, kwargs)
 
 
@@ -79,6 +87,14 @@ class Joiner:
         """Fork a call that is joined at the block's end; returns its proxy (or value)."""
         if fn in running_inline:
             return fn(*args, **kwargs) if kwargs else fn(*args)
+        chain = running_serial.get(fn)
+        if chain is not None and chain.countdown > 1 and not kwargs:
+            for arg in args:
+                if type(arg) in UNSCANNED:
+                    break
+            else:
+                chain.countdown -= 1  # as in the module's fork
+                return fn(*args)
         return self._join(call(fn, args, kwargs))
 
     def fork_recursive(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

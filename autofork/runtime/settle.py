@@ -63,6 +63,8 @@ _ATOMS = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 @no_type_check
 def _sequence(items: Any, depth: int) -> None:
+    if set(map(type, items)) <= _ATOMS:
+        return  # plain values only (every call ran inline): one pass in C
     changes = []
     for index, item in enumerate(items):
         if type(item) not in _ATOMS:

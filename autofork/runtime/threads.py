@@ -31,7 +31,10 @@ class ThreadPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._queue: "queue.SimpleQueue[Optional[Task]]" = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # One token per idle thread.  ``list.pop`` and ``append`` are atomic: taking a
+        # token costs one C call (a threading.Semaphore took a Condition and its lock, in
+        # Python, on every fork and every finished task).
+        self._idle: list[None] = []
         self._count = 0
         self._lock = threading.Lock()
         self._closing = False
@@ -44,8 +47,12 @@ class ThreadPool:
     def _put(self, task: Task) -> None:
         task.executor = self
         self._queue.put(task)
-        if self._idle.acquire(blocking=False):
-            return
+        if self._idle:
+            try:
+                self._idle.pop()
+                return
+            except IndexError:  # another fork took the last token meanwhile
+                pass
         with self._lock:
             if self._count < self.size:
                 self._count += 1
@@ -85,17 +92,20 @@ class ThreadPool:
 
     def _serve(self) -> None:
         get = self._queue.get
+        idle = self._idle
         while True:
             try:
                 task = get(timeout=_IDLE_SECONDS)
             except queue.Empty:
                 # Exit only if this thread's idle token is still there: a submit that took
                 # it expects this thread to take the task it queued.
-                if self._idle.acquire(blocking=False):
-                    with self._lock:
-                        self._count -= 1
-                    return
-                continue
+                try:
+                    self._idle.pop()
+                except IndexError:
+                    continue
+                with self._lock:
+                    self._count -= 1
+                return
             if task is None:
                 return
             if task.claim():
@@ -106,4 +116,4 @@ class ThreadPool:
                 else:
                     task.run_here()
             del task
-            self._idle.release()
+            idle.append(None)
