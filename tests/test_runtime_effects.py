@@ -439,7 +439,7 @@ AFTER_FAILURE = """
     def check(i):
         time.sleep(0.2 if i == 3 else 0.02)  # the later calls end first
         print("checking", i)
-        if i == 3:
+        if i >= 3:  # the calls after the first failure fail too: sequentially never made
             raise ValueError(f"bad {i}")
         return i
 
@@ -454,6 +454,10 @@ AFTER_FAILURE = """
         run()
     except ValueError as error:
         print("caught", error)
+    try:
+        values = [check(i) for i in range(3, 8)]  # settled where it ends: the first raises
+    except ValueError as error:
+        print("caught", error)
     for i in range(3):
         check(i)
     print("end")
@@ -462,11 +466,11 @@ AFTER_FAILURE = """
 
 @pytest.mark.timeout(60)
 def test_output_after_a_failed_call_is_what_the_sequential_program_wrote(tmp_path: Path) -> None:
-    plain, forked = both(tmp_path, AFTER_FAILURE)
+    plain, forked = both(tmp_path, AFTER_FAILURE)  # both exit 0: no failure left unseen
     assert forked == plain
     assert "checking 4" not in forked and "calling 4" not in forked
-    assert forked.splitlines()[-6:] == ["checking 3", "caught bad 3", "checking 0", "checking 1",
-                                        "checking 2", "end"]
+    assert forked.splitlines()[-8:] == ["checking 3", "caught bad 3", "checking 3", "caught bad 3",
+                                        "checking 0", "checking 1", "checking 2", "end"]
 
 
 # -- 9. cached functions of the script ---------------------------------------------------------
@@ -553,3 +557,26 @@ def test_a_watch_sees_small_plain_containers_change_in_place_only() -> None:
     namespace["ARRAYS"][0][0] = 1.0                    # not plain data: not watched
     namespace["BIG"].append(1)                         # too large: not watched
     assert watch.state() is second
+
+
+UNCAUGHT = """
+    import time
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def bad(i):
+        time.sleep(0.05)
+        raise ValueError(f"bad {i}")
+
+    print([bad(i) for i in range(6)])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_calls_made_after_an_uncaught_failure_are_not_reported_too(tmp_path: Path) -> None:
+    plain = run_script(tmp_path, UNCAUGHT)
+    forked = run_script(tmp_path, UNCAUGHT, module=True, env={"AUTOFORK_WORKERS": "2"})
+    assert plain.returncode == forked.returncode == 1
+    assert forked.stderr.count("Traceback") == plain.stderr.count("Traceback") == 1, forked.stderr
+    assert "never used" not in forked.stderr
+    assert forked.stderr.strip().endswith("ValueError: bad 0")

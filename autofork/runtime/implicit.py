@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, Optional
 
-from . import config, engine, output
+from . import config, engine
 from .errors import add_note
 from .folds import Folds
 from .granularity import UNSCANNED, call, running_inline, running_serial
 from .proxy import ResultProxy, unwrap
 from .settle import settle
-from .task import DONE
+from .task import DONE, stopped_at
 
 __all__ = ["fork", "fork_recursive", "Joiner", "unwrap", "settle"]
 
@@ -175,7 +175,7 @@ def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]
 
 def _raise_first(failed: list[tuple[int, BaseException, int]]) -> None:
     first = failed[0][1]
-    output.raised(failed[0][2])  # what came after it never happened sequentially
+    stopped_at(failed[0][2])  # what came after it never happened sequentially
     if len(failed) > 1:
         others = len(failed) - 1
         add_note(first, f"autofork: {others} later forked call"

@@ -61,7 +61,7 @@ import threading
 import warnings
 from typing import Any, Callable, Optional
 
-__all__ = ["begin", "end", "raised", "flush", "run_captured", "capture_in_worker", "take",
+__all__ = ["begin", "end", "raised", "voided", "flush", "run_captured", "capture_in_worker", "take",
            "note_changed"]
 
 # Kinds of captured entries: (kind, payload).
@@ -91,6 +91,7 @@ class _Log:
         # came after the first of them waits, for sequentially it never happened.
         self.failed: list[int] = []
         self.dropped: set[int] = set()  # forks whose output was dropped before they ended
+        self.void: list[tuple[int, int]] = []  # [first, last) seqs made after a raised failure
 
     def begin(self) -> int:
         if sys.stdout is not self.out or sys.stderr is not self.err:
@@ -141,6 +142,8 @@ class _Log:
                 if later not in self.ended:
                     self.dropped.add(later)  # still running: its end is ignored
                 self.ended[later] = None
+            if seq + 1 < self.next:
+                self.void.append((seq + 1, self.next))
             for key in [key for key in self.text if key > seq]:
                 del self.text[key]
             self.failed = [other for other in self.failed if other < seq]
@@ -307,6 +310,12 @@ def raised(seq: int) -> None:
     """The failure of the rewritten call ``seq`` is raised in the caller now."""
     if seq >= 0 and _log.failed:
         _log.raised(seq)
+
+
+def voided(seq: int) -> bool:
+    """Whether the fork ``seq`` was made after a rewritten call whose failure was raised
+    (and before that raise): a call the sequential program never made."""
+    return seq >= 0 and any(first <= seq < last for first, last in _log.void)
 
 
 def flush(force: bool = False) -> None:

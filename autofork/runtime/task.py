@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # typing only: executor.py builds on this module
     from .executor import Executor
 
 __all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE", "track",
-           "untrack", "live_tasks", "unobserved_failures"]
+           "untrack", "live_tasks", "unobserved_failures", "stopped_at"]
 
 WAITING, QUEUED, RUNNING, DONE = 0, 1, 2, 3
 
@@ -122,7 +122,8 @@ class Task:
         if failure.site is None:
             failure.site = self.site
         self.failure = failure
-        _unobserved[id(self)] = self
+        if not (self.caller_may_run and output.voided(self.seq)):  # see stopped_at
+            _unobserved[id(self)] = self
         self._finish()
 
     def _finish(self) -> None:
@@ -181,11 +182,26 @@ class Task:
         if failure is None:
             return self.value
         self.mark_observed()
-        output.raised(self.seq)
+        if self.caller_may_run:  # a rewritten call
+            stopped_at(self.seq)
         raise failure.exception()
 
     def mark_observed(self) -> None:
         _unobserved.pop(id(self), None)
+
+
+def stopped_at(seq: int) -> None:
+    """The failure of the rewritten call ``seq`` is raised in the caller: the sequential
+    program stopped at that call.  What came after it never happened: its output is
+    dropped (``output.raised``), and so are the failures of the rewritten calls made after
+    it (those failed already here; those that fail later, by ``output.voided``), which
+    would otherwise be reported at exit as failures nobody saw."""
+    if seq < 0:
+        return
+    output.raised(seq)
+    for key, task in list(_unobserved.items()):
+        if task.seq > seq and getattr(task, "caller_may_run", True):
+            _unobserved.pop(key, None)
 
 
 def _help(inputs: list) -> None:
@@ -230,7 +246,7 @@ class Chunk(Task):
         """Each item's outcome: (True, value) or (False, pickled Failure)."""
         self.outcomes = outcomes
         for item, (ok, _) in zip(self.items, outcomes):
-            if not ok:
+            if not ok and not output.voided(item.seq):
                 _unobserved[id(item)] = item
         self.set_result(None)
 
@@ -247,7 +263,8 @@ class Chunk(Task):
     def set_failure(self, failure: Failure) -> None:
         self.failure = failure
         for item in self.items:
-            _unobserved[id(item)] = item
+            if not output.voided(item.seq):
+                _unobserved[id(item)] = item
         self._finish()
 
 
@@ -320,7 +337,7 @@ class ChunkItem:
             if ok:
                 return value
         self.mark_observed()
-        output.raised(self.seq)
+        stopped_at(self.seq)
         raise self.failure.exception()  # type: ignore[union-attr]
 
     def mark_observed(self) -> None:
