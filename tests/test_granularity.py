@@ -134,6 +134,32 @@ def test_recursion_forks_only_while_a_worker_is_idle(tmp_path):
     assert result.stdout == "64 []\n64 True\n6765\n"
 
 
+def test_a_recursion_forks_small_parts_below_its_top_levels(tmp_path):
+    # Forking fib(31) of fib(32) gives one worker 62% of the work while the others wait:
+    # the top levels run in the caller, and what forks is a small part of the tree.
+    result = run_script(tmp_path, """
+        import os
+        from autofork import evaluate, fork, implicit_fork
+
+        @implicit_fork
+        def nodes(n):
+            if n == 0:
+                return []
+            below = nodes(n - 1) + nodes(n - 1)
+            return below + [(n, os.getpid())]
+
+        evaluate(fork(abs, 1))  # the workers are up, and idle
+        found = evaluate(nodes(10))
+        me = os.getpid()
+        print(len(found), max(n for n, pid in found if pid != me),
+              min(n for n, pid in found if pid == me))
+    """, module=True, options=("--workers", "2"))
+    assert result.returncode == 0, result.stderr
+    count, largest_forked, _ = map(int, result.stdout.split())
+    assert count == 1023
+    assert largest_forked <= 10 - 6  # 6 levels run here with 2 workers: parts of 15 nodes
+
+
 def _stats_row(stderr: str, name: str) -> tuple[int, int, dict[str, int]]:
     """(calls, inline, {place: calls}) of ``name`` in the --stats table."""
     [row] = [line for line in stderr.splitlines() if line.split()[:1] == [name]]

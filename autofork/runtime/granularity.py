@@ -16,13 +16,15 @@ and decides per call:
   or after ``_CHUNK_WAIT`` seconds;
 * longer: fork each call;
 * a function that calls itself (``fib(n-1) + fib(n-2)``) forks only while a worker is
-  idle; a call from outside runs in the caller, so that its recursive calls spread over
-  the workers; with every worker busy, a call runs as the plain function (``plain``).
-  Recursion is what the rewriter saw: it rewrites a function's calls of itself into
+  idle, and only below its top levels: a call from outside and the calls of the first
+  few levels under it run in the caller, so that each fork is a fraction of the work;
+  with every worker busy, a call runs as the plain function (``plain``).  Recursion is
+  what the rewriter saw: it rewrites a function's calls of itself into
   ``fork_recursive`` (not ``fork``), so ``def save(img): img.save()`` is not recursive;
 * while no worker is ready yet (the pool is starting), a call is queued as usual, and a
   thread that waits for it runs it itself (``ProcessPool.steal``): the program never
-  waits for a worker to start; a recursive call then runs here.
+  waits for a worker to start; a recursive call below the top levels forks while fewer
+  calls than workers are queued, and runs here as the plain function otherwise.
 
 Whatever the run time, forking pays only if something overlaps the call.  A chain, where
 each call takes the previous call's result (``state = step(state, k)``) or the caller
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import threading
 import warnings
@@ -82,6 +85,7 @@ _QUICK = 200e-6  # a call this soon after the previous result: the caller was wa
 _SERIAL_AFTER = 8  # calls in a row that overlapped nothing: run the function here
 _PROBE_FIRST = 64  # then fork one call in this many, to see whether overlap is back
 _PROBE_MAX = 4096
+_SPREAD_CALLS = 128  # the most calls of a recursion's top levels that run in the caller
 # The rewriter calls this (not ``fork``) where a function calls itself.
 RECURSIVE_CALL = "fork_recursive"
 
@@ -91,7 +95,7 @@ class _Function:
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
                  "opened", "lock", "warned", "watch", "serial", "streak", "last", "last_at",
-                 "probe_every", "countdown", "probing", "latency")
+                 "probe_every", "countdown", "probing", "latency", "depth", "top", "spread")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -116,6 +120,10 @@ class _Function:
         self.countdown = 0  # serial calls left before the next probe
         self.probing = False  # the last forked call was a probe
         self.latency: Optional[float] = None  # from fork to result, moving average
+        # Recursion: the levels of it running here, and how many run here before a fork.
+        self.depth = 0
+        self.spread = 0  # calls run in the top levels since the outer call
+        self.top = _top_levels(config.settings().workers) if recursive else 0
 
 
 _UNSEEN = object()
@@ -319,22 +327,39 @@ def _has_proxy(args: tuple) -> bool:
 
 def _recursive(fn: Callable[..., Any], known: _Function, pool: Engine, args: tuple,
                kwargs: dict, recursive: bool) -> Any:
-    """A function that calls itself forks only while a worker is idle.
+    """A function that calls itself forks only while a worker is idle, below its top levels.
 
-    A call from outside runs here, so that its own recursive calls spread over the idle
-    workers; a recursive call forks if a worker is idle; otherwise the call runs here,
-    as the plain function (no fork on any call below it).
+    A call from outside runs here, and so do the recursive calls of the ``known.top``
+    levels under it (6 with 2 workers; at most ``_SPREAD_CALLS`` calls, for wide trees):
+    what forks is then a small part of the work (``fib(26)`` of ``fib(32)``), not the
+    larger half of it, which one worker would run while the others wait, and the parts
+    left for the end are small; results meet through lazy operators (``a + b`` of
+    proxies returns at once), so the caller goes on down the tree meanwhile.  Below, a call forks
+    if a worker is idle (while the workers start: while fewer calls than workers are
+    queued, which a waiting caller runs itself until one is ready); otherwise it runs
+    here, as the plain function (no fork on any call below it).
     """
-    if not pool.ready():
-        return _run_here(fn, args, kwargs, "starting")  # its own calls look again
     if not recursive:
-        return _run_here(fn, args, kwargs, "recursion")
-    if pool.idle() == 0:
-        plain = known.plain
-        if plain is None:
-            plain = known.plain = for_workers(fn)
-        return _run_here(plain, args, kwargs, "recursion") if stats.active else plain(*args, **kwargs)
-    return new_proxy(start(fn, args, kwargs, "cpu"))
+        known.spread = 0
+    if not recursive or known.depth < known.top and known.spread < _SPREAD_CALLS:
+        known.depth += 1  # shared by threads: a wrong count costs balance, never a result
+        known.spread += 1
+        try:
+            return _run_here(fn, args, kwargs, "recursion")
+        finally:
+            known.depth -= 1
+    if pool.idle() if pool.ready() else pool.pending() < config.settings().workers:
+        return new_proxy(start(fn, args, kwargs, "cpu"))
+    plain = known.plain
+    if plain is None:
+        plain = known.plain = for_workers(fn)
+    return _run_here(plain, args, kwargs, "recursion") if stats.active else plain(*args, **kwargs)
+
+
+def _top_levels(workers: int) -> int:
+    """How many levels of a recursion run in the caller before any call forks: about
+    16 parts of a binary tree per worker."""
+    return math.ceil(math.log2(workers + 1)) + 4
 
 
 def _run_here(fn: Callable[..., Any], args: tuple, kwargs: dict, why: str) -> Any:
