@@ -399,7 +399,11 @@ class ProcessPool:
                     if worker.process.poll() is None:
                         worker.process.kill()
             os.write(self._wake_w, b"\0")
-            thread.join(timeout=2.0 if kill else None)
+            if kill:
+                thread.join(timeout=2.0)
+            else:  # after the calls it holds (none at exit): past 2 s, the log says why
+                _phases.wait("pool: dispatcher stopped", lambda timeout: _join(thread, timeout),
+                             warn=self.busy == 0 and self._nothing_to_send())
         if thread is None or not thread.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 try:
@@ -737,6 +741,12 @@ def _function_and_globals(worker: _Worker, key: int, state: Optional[tuple[int, 
     if number == 0:
         return functions[key], None  # the state it was pickled with: load it afresh
     return None, update
+
+
+def _join(thread: threading.Thread, timeout: Optional[float]) -> bool:
+    """Join ``thread`` for up to ``timeout`` seconds; True once it has ended."""
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 def _unchanged(entry: tuple, functions: _FunctionCache) -> bool:

@@ -54,7 +54,9 @@ _READY = b"ready"  # the template's answer to "preload": it can fork workers now
 _MAX_MESSAGE = 1 << 20
 # The template's own imports: everything a worker needs before its first call.
 _READY_MODULES = ("autofork.runtime.worker", "autofork.runtime.serialize",
-                  "autofork.runtime.errors", "multiprocessing.connection")
+                  "autofork.runtime.errors", "autofork.runtime.config",
+                  "autofork.runtime.context", "autofork.runtime.output",
+                  "multiprocessing.connection")
 
 
 # -- the program's side ---------------------------------------------------------------------
