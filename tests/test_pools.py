@@ -207,3 +207,52 @@ def test_exit_while_the_workers_start_waits_for_none_and_leaves_none(tmp_path, i
     while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [pid for pid in started if _alive(pid)] == []
+
+
+def test_a_call_the_caller_runs_on_copies_reports_an_argument_it_changed(tmp_path):
+    """The caller runs a queued call on copies of its arguments, as a worker does: a change
+    the rewriter could not see (a method of the program's own class) is lost as in a
+    worker, and told as in a worker, once, in call order."""
+    result = run_script(tmp_path, """
+        import os
+        from autofork import implicit_fork
+
+        class Bag:
+            def __init__(self):
+                self.items = []
+            def put(self, x):
+                self.items.append(x)
+
+        @implicit_fork
+        def fill(bag, x):
+            bag.put(x)
+            return os.getpid()
+
+        bag = Bag()
+        print(fill(bag, 1) == os.getpid(), bag.items)  # no worker is ready yet
+        print("after")
+    """, module=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "True []\nafter\n"
+    assert result.stderr.count("AutoforkWarning") == 1, result.stderr
+    assert "fill() changed its argument 'bag' (Bag)" in result.stderr
+
+
+def test_a_failing_call_the_caller_runs_shows_the_functions_own_frames(tmp_path):
+    result = run_script(tmp_path, """
+        import os
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def check(x):
+            if x == os.getpid():
+                raise ValueError("ran in the caller")
+            return x
+
+        print(check(os.getpid()))
+    """, module=True)
+    assert result.returncode == 1
+    assert "ValueError: ran in the caller" in result.stderr, result.stderr
+    # the function's frames, as sequentially; none of the pool's between the call and them
+    assert 'line 8, in check\n    raise ValueError' in result.stderr, result.stderr
+    assert "run_captured" not in result.stderr and "_run_copy" not in result.stderr

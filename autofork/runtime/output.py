@@ -409,7 +409,8 @@ def _warn_changed(name: str, filename: str, lineno: int, changed: list) -> None:
 
     what = ", ".join(f"{_label(label)} ({kind})" for label, kind in changed)
     warnings.warn_explicit(AutoforkWarning(
-        f"{name}() changed {what} in a worker process, where it was a copy: the caller's "
+        f"{name}() changed {what} in a worker process, where it was a copy (or in the "
+        f"caller, on a copy, while no worker was ready): the caller's "
         f"object stays as it was, unlike in the sequential program. Return the new value "
         f"instead (or mark {name} @io_bound: threads share the caller's objects)"),
         AutoforkWarning, filename, lineno)
@@ -534,16 +535,17 @@ def capture_in_worker() -> None:
     warnings.showwarning = _show_warning
 
 
-def note_changed(fn: Callable[..., Any], changed: list) -> None:
-    """In a worker: the call of ``fn`` that just ran changed these arguments
+def note_changed(fn: Callable[..., Any], changed: list, into: Optional[list] = None) -> None:
+    """The call of ``fn`` that just ran (in a worker, or in this process on copies of its
+    arguments: then ``into`` is its captured output) changed these arguments
     ([(position or keyword, type name)]); its caller warns, in call order."""
     code = getattr(fn, "__code__", None)
     names = code.co_varnames[:code.co_argcount] if code is not None else ()
     named = [(names[label] if isinstance(label, int) and label < len(names) else label, kind)
              for label, kind in changed]
-    _captured.append((_CHANGED, (getattr(fn, "__qualname__", repr(fn)),
-                                 getattr(code, "co_filename", "<unknown>"),
-                                 getattr(code, "co_firstlineno", 0), named)))
+    (_captured if into is None else into).append(
+        (_CHANGED, (getattr(fn, "__qualname__", repr(fn)), getattr(code, "co_filename", "<unknown>"),
+                    getattr(code, "co_firstlineno", 0), named)))
 
 
 def take() -> Optional[list]:

@@ -368,9 +368,14 @@ class ProcessPool:
             task.fn = for_workers(task.fn)
             _run_chunk_here(task, entry[2])  # type: ignore[arg-type]
         else:
-            task.fn = for_workers(_split_method(task)[0])
-            task.args, task.kwargs = pickle.loads(entry[2])
-            task.run_here()
+            task.fn = fn = for_workers(_split_method(task)[0])
+            args, kwargs = pickle.loads(entry[2])
+            task.output = captured = None if task.seq < 0 else []
+            ok, outcome = _run_copy(fn, args, kwargs, captured)
+            if ok:
+                task.set_result(outcome)
+            else:
+                task.set_failure(outcome)
         if stats.active:
             stats.ran_here(task, time.perf_counter() - began, "starting")
         return True
@@ -782,18 +787,31 @@ def _run_chunk_here(chunk: Chunk, call: bytes) -> None:
     outcomes: list = []
     written: list = []
     for item, (args, kwargs) in zip(chunk.items, pickle.loads(call)):
-        captured: list = []
-        try:
-            if item.seq < 0:
-                value = chunk.fn(*args, **kwargs)
-            else:
-                value = output.run_captured(chunk.fn, args, kwargs, captured)
-            outcomes.append((True, value))
-        except BaseException as exc:  # noqa: BLE001 - the item's caller sees it
-            outcomes.append((False, Failure.local(exc, skip=1)))
+        captured: Optional[list] = None if item.seq < 0 else []
+        outcomes.append(_run_copy(chunk.fn, args, kwargs, captured))
         written.append(captured or None)
     chunk.output = written if any(written) else None
     chunk.set_outcomes(outcomes)
+
+
+def _run_copy(fn: Callable[..., Any], args: tuple, kwargs: dict,
+              captured: Optional[list]) -> tuple[bool, Any]:
+    """One call in this thread, on copies of the caller's arguments, as a worker runs it:
+    (True, value) or (False, Failure); what it writes, and the arguments it changes in
+    place (``changes``), go to ``captured`` (None: not ordered, it writes at once)."""
+    from . import changes
+
+    before = changes.before(fn, args, kwargs)
+    try:
+        if captured is None:
+            return True, fn(*args, **kwargs)
+        return True, output.run_captured(fn, args, kwargs, captured)
+    except BaseException as exc:  # noqa: BLE001 - the caller sees it where it uses the value
+        # The traceback starts at the function's own frame, as in the sequential program.
+        return False, Failure.local(exc, skip=1 if captured is None else 2)
+    finally:
+        if before is not None:
+            changes.report(fn, before, captured)
 
 
 def _describe_exit(code: int) -> str:

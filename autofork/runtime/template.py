@@ -55,7 +55,7 @@ _MAX_MESSAGE = 1 << 20
 # The template's own imports: everything a worker needs before its first call.
 _READY_MODULES = ("autofork.runtime.worker", "autofork.runtime.serialize",
                   "autofork.runtime.errors", "autofork.runtime.config",
-                  "autofork.runtime.context", "autofork.runtime.output",
+                  "autofork.runtime.context", "autofork.runtime.output", "autofork.runtime.changes",
                   "multiprocessing.connection")
 
 

@@ -54,7 +54,7 @@ SLOT = struct.Struct("qq")  # (started task id, finished task id)
 _FLUSH_SECONDS = 0.002
 dumps: Callable[[Any], bytes]  # serialize.dumps, imported by main()
 take: Callable[[], Optional[list]]  # output.take, imported by main()
-note_changed: Callable[..., None]  # output.note_changed, imported by main()
+changes: Any  # the module autofork.runtime.changes, imported by main()
 apply_context: Callable[[Any], None]  # context.apply, imported by main()
 
 
@@ -99,63 +99,14 @@ def _load_function(data: bytes) -> Callable[..., Any]:
 
 
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
-    before = _mutable(fn, args, kwargs)
+    before = changes.before(fn, args, kwargs)
     try:
         return True, fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - sent back to the caller
         return False, _failure(exc)
     finally:
         if before is not None:
-            _report_changes(fn, before)
-
-
-# Arguments of these types cannot change in place: a call given only these is not checked.
-_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex, range, frozenset})
-_CHECK_ALL = 64  # the first calls of a function here are all checked; later, one in 64
-_checked: dict[Any, int] = {}  # function -> its calls here with arguments worth checking
-
-
-def _mutable(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Optional[list]:
-    """(label, value, pickled value) of each argument that could change in place, or None.
-
-    SPEC 4b: the caller's objects are copies here, so a change that a method of unknown
-    type makes to an argument would be lost silently; pickling it again after the call
-    shows the change.  Arguments of the ``_ATOMS`` types cost one set lookup each; the
-    others two picklings, on the first ``_CHECK_ALL`` calls of a function in this worker
-    and on one call in ``_CHECK_ALL`` after them (a function that changes its argument
-    usually does so on every call, and one warning per function is all the caller shows).
-    """
-    atoms = _ATOMS
-    for value in args:
-        if type(value) not in atoms:
-            break
-    else:
-        if not kwargs or all(type(value) in atoms for value in kwargs.values()):
-            return None
-    calls = _checked[fn] = _checked.get(fn, 0) + 1
-    if calls > _CHECK_ALL and calls % _CHECK_ALL:
-        return None
-    before = []
-    for label, value in [*enumerate(args), *kwargs.items()]:
-        if type(value) in atoms:
-            continue
-        try:
-            before.append((label, value, dumps(value)))
-        except Exception:  # noqa: BLE001 - what cannot be pickled here is not checked
-            continue
-    return before or None
-
-
-def _report_changes(fn: Callable[..., Any], before: list) -> None:
-    changed = []
-    for label, value, data in before:
-        try:
-            if dumps(value) != data:
-                changed.append((label, type(value).__name__))
-        except Exception:  # noqa: BLE001 - it became unpicklable: not reported
-            pass
-    if changed:
-        note_changed(fn, changed)
+            changes.report(fn, before)
 
 
 def _unsendable(fn: Callable[..., Any], exc: BaseException) -> bytes:
@@ -296,10 +247,10 @@ def _send(conn: Any, results: list) -> None:
 
 def main(fd: int, shm_fd: int, parent: int, path: list[str]) -> None:
     """Entry point of a worker process."""
-    global dumps, take, note_changed, apply_context
-    from . import config
+    global dumps, take, changes, apply_context
+    from . import changes, config
     from .context import apply as apply_context
-    from .output import capture_in_worker, note_changed, take
+    from .output import capture_in_worker, take
     from .serialize import dumps
 
     config.enter_worker()  # CPU forks made by the calls run inline
