@@ -5,7 +5,7 @@ module's private names.
 The layers, bottom up (docs/architecture.md tells what each one does)::
 
     0  errors serialize marks config stats plain   no autofork imports but each other
-       output notices freshness
+       output notices freshness context changes
     1  task executor                               the future, and what runs it
     2  proxy dataflow lazy settle                  values that are not there yet
     3  processes worker threads aio dask_backend   the pools and engines (and folds, the
@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "autofork"
 
 LAYERS = [
     {"errors", "serialize", "marks", "config", "stats", "plain", "output", "notices",
-     "freshness", "context"},
+     "freshness", "context", "changes"},
     {"task", "executor"},
     {"proxy", "dataflow", "lazy", "settle"},
     {"processes", "worker", "template", "threads", "aio", "dask_backend", "folds"},
