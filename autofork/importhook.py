@@ -762,10 +762,15 @@ class ImportHook:
     def _find_spec(self, fullname: str,
                    path: Optional[Iterable[str]]) -> Optional[importlib.machinery.ModuleSpec]:
         # What the finders after this one would find (editable installs have their own).
+        # A module left alone gets that very spec back, so the import does not search
+        # for it a second time; unless another autofork hook, with its own rules, comes
+        # after this one and must still be asked.
         spec = _ask_finders(fullname, path)
+        hooks = installed_hooks()
+        plain = spec if hooks and hooks[-1] is self else None
         if (spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader)
                 or not spec.origin or not self.rules.wants(fullname, spec.origin)):
-            return None
+            return plain
         origin = spec.origin
         data = spec.loader.get_data(origin)
         pyc = cache_path(origin)
@@ -774,7 +779,7 @@ class ImportHook:
             code, dependencies = cached
             if code is None:
                 _debug("not rewritten %s (cached answer)", fullname)
-                return None
+                return plain
             _debug("cache hit %s (%s)", fullname, pyc)
             self.resolved[fullname] = {dependency[0]: dependency for dependency in dependencies}
             return self._spec(spec, AutoforkLoader(fullname, origin, code=code), pyc)
@@ -785,14 +790,14 @@ class ImportHook:
             needed = _transformer().needs_rewrite(source, fullname, make_resolver(record=record),
                                                   package)
         except Exception:  # noqa: BLE001 - a SyntaxError is best reported by the normal loader
-            return None
+            return plain
         if not needed:
             # Remembered (with the modules asked about: one gaining a mark makes the answer
             # stale), so that later runs need not parse it again, nor import the rewriter.
             _debug("not rewritten %s", fullname)
             if pyc is not None:
                 _write_cache(pyc, data, record.values(), None)
-            return None
+            return plain
         loader = AutoforkLoader(fullname, origin, data=data)
         self.resolved[fullname] = loader.dependencies
         return self._spec(spec, loader, pyc)

@@ -436,3 +436,27 @@ def test_a_library_package_s_submodules_are_skipped_by_place(
     assert not Rules().skips_place([str(tmp_path / "project" / "pkg")])
     assert not Rules().skips_place(None) and not Rules().skips_place([])
     assert not Rules(only=("x",)).skips_place([str(site_dir / package)])
+
+
+def test_a_module_left_alone_is_searched_for_once(modules: Modules, hook: ImportHook,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook hands the spec it found to the import, which then does not search again."""
+    searched: list[str] = []
+    original = importlib.machinery.PathFinder.find_spec
+
+    def counting(name: str, *args: object, **kwargs: object) -> object:
+        searched.append(name)
+        return original(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", counting)
+    name, _ = modules.write("alone", "def f(x):\n    return x + 1\n")
+    module = modules.fresh_import(name)
+    assert type(module.__loader__) is importlib.machinery.SourceFileLoader
+    assert module.f(1) == 2 and searched.count(name) == 1
+    # A second autofork hook after this one is still asked: no answer is handed over then.
+    with ImportHook(Rules()) as second:
+        sys.meta_path.remove(second)
+        sys.meta_path.insert(sys.meta_path.index(hook) + 1, second)
+        searched.clear()
+        modules.fresh_import(name)
+        assert searched.count(name) == 2
