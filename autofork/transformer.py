@@ -40,7 +40,11 @@ does.  Regions are function bodies, the module body, ``try`` bodies and ``with``
 bodies, so an ``except`` clause or a context manager sees a fork's exception as it
 saw the sequential one.  A value-producing call inside a ``try``/``with`` body is
 forked through the body's ``Joiner`` too (``Joiner.fork`` returns its proxy), so its
-exception surfaces before the body ends, where the same clauses see it.
+exception surfaces before the body ends, where the same clauses see it.  The reverse
+(``_Catchers``): a result forked *before* a ``try`` with handlers or a ``with``, not
+finished there and read in its body, is settled just before the statement
+(``rt.settle_names("r")`` on a line of its own), so that the block does not catch a
+failure that sequentially escaped before it began.
 
 Loops finish what they start (``_Flow``): a value-producing call in a loop is forked
 through the loop's ``Joiner`` too, so every fork has finished, and the first failure in
@@ -1492,6 +1496,9 @@ class _FlowRecorder(_CallRecorder):
         self.bound: list[tuple[Scope, str, cst.BaseExpression, Scope]] = []
         self.augmented: list[tuple[Scope, str, cst.BaseExpression, Scope]] = []
         self.comp_depth = 0
+        # (statement, scope, path) of each try with handlers and each with statement.
+        self.catchers: list[tuple[Union[cst.Try, cst.TryStar, cst.With], Scope,
+                                  tuple[cst.CSTNode, ...]]] = []
         self.handlers.update({c.ListComp: self._v_comp, c.SetComp: self._v_comp,
                               c.DictComp: self._v_comp})
 
@@ -1555,6 +1562,15 @@ class _FlowRecorder(_CallRecorder):
             if scope is not None:
                 self.augmented.append((scope, target.value, node.value, self.scope))
         super()._v_aug_assign(node)
+
+    def _v_try(self, node: Union[cst.Try, cst.TryStar]) -> None:
+        if node.handlers:
+            self.catchers.append((node, self.scope, tuple(self.path)))
+        super()._v_try(node)
+
+    def _v_with(self, node: cst.With) -> None:
+        self.catchers.append((node, self.scope, tuple(self.path)))
+        super()._v_with(node)
 
     def _v_comp(self, node: Any) -> None:
         c = _cst
@@ -1648,7 +1664,8 @@ class _Plan:
     (``_Flow``) add ``wraps``: id(expression) -> (joiner or None for the runtime, method,
     first argument or None), the expression becoming ``owner.method([first, ]expression)``;
     ``folds``: id(AugAssign or Assign) -> (joiner, operator, accumulator); ``thens``:
-    id(call) -> joiner.
+    id(call) -> joiner.  ``_Catchers`` adds ``settles``: id(try or with statement) -> the
+    names to settle just before it.
     """
 
     def __init__(self, walk: _CallRecorder, runtime_alias: Optional[str]) -> None:
@@ -1665,6 +1682,7 @@ class _Plan:
         self.wraps: dict[int, tuple[Optional[str], str, Optional[cst.BaseExpression]]] = {}
         self.folds: dict[int, tuple[str, str, str]] = {}
         self.thens: dict[int, str] = {}
+        self.settles: dict[int, tuple[str, ...]] = {}
 
     def decide(self, plain: Callable[[list[Binding]], bool] = lambda bindings: False) -> bool:
         """Choose the rewrites; True when there is anything to change.
@@ -1961,6 +1979,100 @@ class _Flow:
         return found is not None and (id(found), name.value) in self.carriers
 
 
+class _Catchers:
+    """Fork results settled before the blocks that could catch their failure (SPEC 4b).
+
+    Sequentially a failing call raises where it is made.  Its fork raises where its value
+    is first used, so a ``try`` (with ``except`` clauses) or a ``with`` (whose context
+    manager may see or suppress the exception) that reads the result in its body would
+    catch a failure that, sequentially, escaped long before.  So, just before such a
+    statement, the names its body reads that may hold a fork still unsettled there are
+    settled (``rt.settle_names("r", "s")``: waited for, a failure raised there, outside
+    the block).  A name may hold one when a binding of it (in the scope it resolves to)
+    is a fork not joined by a ``Joiner``, arithmetic on fork names, or a fork joined by a
+    loop or body that is still running at the statement.  A fork joined by a block that
+    has ended is settled already (and its failure raised there), and so is one bound in
+    the statement's own body (its joiner raises it inside, as sequentially).  A fork of a
+    marked ``async def`` raises when awaited, as sequentially: never settled here.
+
+    Not covered: a proxy held elsewhere than in a name (an attribute, a container the
+    rewriter does not settle) or passed to a function whose own ``try`` reads it, or
+    returned by an unmarked function.
+    """
+
+    def __init__(self, plan: _Plan, walk: _FlowRecorder, flow: _Flow) -> None:
+        self.plan = plan
+        self.walk = walk
+        self.scopes = plan.scopes
+        self.awaited = flow.awaited
+        self.sites = {id(site.call): site for site in walk.calls}
+        # (id(scope), name) -> (value, the scope it is computed in) of each binding
+        self.bindings: dict[tuple[int, str], list[tuple[cst.BaseExpression, Scope]]] = {}
+        self.order: dict[tuple[int, str], int] = {}
+        for index, (scope, name, value, where) in enumerate((*walk.bound, *walk.augmented)):
+            key = (id(scope), name)
+            self.bindings.setdefault(key, []).append((value, where))
+            self.order.setdefault(key, index)
+
+    def decide(self) -> bool:
+        plan = self.plan
+        for node, scope, path in self.walk.catchers:
+            names = self._names(node, scope, {id(n) for n in path})
+            if names:
+                plan.settles[id(node)] = names
+                plan.dirty.update(map(id, path))
+        return bool(plan.settles)
+
+    def _names(self, node: Union[cst.Try, cst.TryStar, cst.With], scope: Scope,
+               around: set[int]) -> tuple[str, ...]:
+        """The names ``node``'s body reads that may hold an unsettled fork there, in the
+        order of their first binding; ``around``: ids of the nodes that contain it."""
+        c = _cst
+        found: dict[str, int] = {}
+        inside: Optional[set[int]] = None
+        for below in _subtree(node.body):
+            if not isinstance(below, c.Name) or below.value in found:
+                continue
+            name = below.value
+            defining = self.scopes.lookup(scope, name)[0]
+            if defining is None or name not in defining.fork_names:
+                continue
+            if inside is None:
+                inside = {id(n) for n in _subtree(node.body)}
+            if self._unsettled(defining, name, around, inside, set()):
+                found[name] = self.order.get((id(defining), name), -1)
+        return tuple(sorted(found, key=found.__getitem__))
+
+    def _unsettled(self, scope: Scope, name: str, around: set[int], inside: set[int],
+                   seen: set[tuple[int, str]]) -> bool:
+        key = (id(scope), name)
+        if key in seen:
+            return False
+        seen.add(key)
+        values = self.bindings.get(key)
+        if not values:
+            return True   # a proxy the namespace held before the source ran (IPython)
+        c = _cst
+        rewrites = self.plan.rewrites
+        for value, where in values:
+            if id(value) in inside:
+                continue   # joined by the statement's own body
+            for below in _subtree(value, later=False):
+                if isinstance(below, c.Call) and id(below) in rewrites:
+                    if id(below) in self.awaited:
+                        continue
+                    site = self.sites[id(below)]
+                    block = site.loop if site.loop is not None else site.region.suite
+                    if rewrites[id(below)] is None or id(block) in around:
+                        return True
+                elif isinstance(below, c.Name):
+                    defining = self.scopes.lookup(where, below.value)[0]
+                    if (defining is not None and below.value in defining.fork_names
+                            and self._unsettled(defining, below.value, around, inside, seen)):
+                        return True
+        return False
+
+
 def _result_parts(expression: cst.BaseExpression) -> list[cst.BaseExpression]:
     c = _cst
     if isinstance(expression, c.IfExp):
@@ -2131,15 +2243,28 @@ class _Rewriter:
         return c.With(items=(item,), body=c.IndentedBlock(body=stmts), leading_lines=leading)
 
     def _wrap_body(self, original: Any, body: list[Any]) -> list[Any]:
+        groups: list[list[Any]] = []   # what each statement of ``original`` became
         for index, stmt in enumerate(original.body):
+            new = body[index]
             joiner = self.a.loop_joiners.get(id(stmt))
             if joiner is not None:
-                body[index] = self._with(joiner, [body[index]])
+                new = self._with(joiner, [new])
+            names = self.a.settles.get(id(stmt))
+            groups.append([new] if names is None else self._settle(names, new))
         rest = self.a.rest_wraps.get(id(original))
+        start = len(groups) if rest is None else rest[0]
+        out = [stmt for group in groups[:start] for stmt in group]
         if rest is not None:
-            start, joiner = rest
-            body[start:] = [self._with(joiner, body[start:])]
-        return body
+            out.append(self._with(rest[1], [stmt for group in groups[start:] for stmt in group]))
+        return out
+
+    def _settle(self, names: tuple[str, ...], stmt: Any) -> list[Any]:
+        """``rt.settle_names("r", ...)`` on a line of its own, then ``stmt`` (a try or with)."""
+        c = _cst
+        line = c.SimpleStatementLine(
+            body=(c.Expr(self._invoke(None, "settle_names", *map(c.SimpleString, map(repr, names)))),),
+            leading_lines=stmt.leading_lines)
+        return [line, stmt.with_changes(leading_lines=())]
 
     def _block(self, original: cst.IndentedBlock, new: cst.IndentedBlock) -> cst.IndentedBlock:
         return new.with_changes(body=self._wrap_body(original, list(new.body)))
@@ -2160,7 +2285,7 @@ class _Rewriter:
         c = _cst
         names = self.names
         out: list[Any] = []
-        if (self.a.rewrites or self.a.unwraps or self.a.wraps) and self.a.runtime_alias is None:
+        if (self.a.rewrites or self.a.unwraps or self.a.wraps or self.a.settles) and self.a.runtime_alias is None:
             out.append(c.parse_statement(
                 f"from {_RUNTIME_MODULE} import {_RUNTIME_NAME} as {names.runtime}\n").body[0])
         if self.warnings:
@@ -2342,7 +2467,9 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     plan = _Plan(walk, _runtime_alias(module))
     labelled = _label_defs(scopes, walk)
     decided = plan.decide(plain=lambda bindings: any(id(b) in effects for b in bindings))
-    decided = _Flow(plan, walk).decide() or decided
+    flow = _Flow(plan, walk)
+    decided = flow.decide() or decided
+    decided = _Catchers(plan, walk, flow).decide() or decided
     if not decided and not effects and not labelled:
         return source
     warnings = _generator_warnings(scopes, source, labelled)
@@ -2351,7 +2478,7 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     notices = [(e.function, e.line, e.message()) for e in effects.values()]
     if notices and _has_import(module, f"{_RUNTIME_MODULE}.notices"):
         notices = []
-    if not (plan.rewrites or plan.unwraps or plan.wraps or warnings or notices):
+    if not (plan.rewrites or plan.unwraps or plan.wraps or plan.settles or warnings or notices):
         return source
     plan.dirty.add(id(module))
     names = _Names(source, plan.runtime_alias)
@@ -2544,12 +2671,13 @@ def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int,
     return lines, columns
 
 
-_JOINER_LINE = re.compile(r"\s*with _autofork_\w+\.Joiner\(\) as _autofork_\w+:\s*")
+_JOINER_LINE = re.compile(r"\s*(?:with _autofork_\w+\.Joiner\(\) as _autofork_\w+:"
+                          r"|_autofork_\w+\.settle_names\([^()]*\))\s*")
 
 
 def _replaced(new: Sequence[str], i1: int, i2: int, j1: int, j2: int) -> list[int]:
     """For each new line of a replaced block: its old line, or -1 - the old line of the
-    statement it was inserted before (a ``with ...Joiner()`` line).
+    statement it was inserted before (a ``with ...Joiner()`` or ``settle_names`` line).
 
     Without the inserted lines, the two blocks pair up line by line; when they do not
     (a line the rewriter split or joined), the k-th new line pairs with the k-th old one.

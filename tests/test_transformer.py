@@ -1511,6 +1511,211 @@ def main(x):
     )
 
 
+def test_pending_results_are_settled_before_a_try_that_reads_them() -> None:
+    """SPEC 4b: a value fork not settled yet, read in the body of a try with handlers,
+    is settled just before the try (its failure raised outside it, as sequentially);
+    not for a try without handlers, nor for names read only in ``else``."""
+    check(
+        """\
+from autofork import implicit_fork
+
+@implicit_fork
+def check(i):
+    return i
+
+r = check(3)
+s = check(1)
+t = s * 2
+try:
+    print(r + t)
+except ValueError as e:
+    print("caught", e)
+try:
+    print(r)
+finally:
+    print("no handler: nothing to settle")
+try:
+    pass
+except ValueError:
+    pass
+else:
+    print(s)  # not caught by the clauses above: nothing to settle
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; from autofork import implicit_fork
+
+@implicit_fork
+def check(i):
+    return i
+
+r = _autofork_rt.fork(check, 3)
+s = _autofork_rt.fork(check, 1)
+t = s * 2
+_autofork_rt.settle_names('r', 't')
+try:
+    print(_autofork_rt.unwrap(r + t))
+except ValueError as e:
+    print("caught", e)
+try:
+    print(_autofork_rt.unwrap(r))
+finally:
+    print("no handler: nothing to settle")
+try:
+    pass
+except ValueError:
+    pass
+else:
+    print(_autofork_rt.unwrap(s))  # not caught by the clauses above: nothing to settle
+""",
+    )
+
+
+def test_pending_results_are_settled_before_a_with_and_in_loops() -> None:
+    """A with body (its context manager may suppress) is treated as a try; a fork joined
+    by a loop still running at the try is settled there, one whose loop has ended or
+    that the try's own body joins is not."""
+    check(
+        """\
+import contextlib
+from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def main(items):
+    for item in items:
+        joined = work(item)
+    r = work(0)
+    work(-1)
+    with contextlib.suppress(ValueError):
+        print(r)
+    for item in items:
+        v = work(item)
+        # v: its loop is still running; joined: its loop has ended
+        try:
+            print(v, joined)
+        except ValueError:
+            pass
+    try:
+        t = work(2)
+        print(t)
+    except ValueError:
+        pass
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; import contextlib
+from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+
+def main(items):
+    with _autofork_rt.Joiner() as _autofork_j1:
+        for item in items:
+            joined = _autofork_j1.fork(work, item)
+    r = _autofork_rt.fork(work, 0)
+    with _autofork_rt.Joiner() as _autofork_j2:
+        _autofork_j2.fork(work, -1)
+        _autofork_rt.settle_names('r')
+        with contextlib.suppress(ValueError):
+            print(_autofork_rt.unwrap(r))
+        with _autofork_rt.Joiner() as _autofork_j3:
+            for item in items:
+                v = _autofork_j3.fork(work, item)
+                # v: its loop is still running; joined: its loop has ended
+                _autofork_rt.settle_names('v')
+                try:
+                    print(_autofork_rt.unwrap(v), _autofork_rt.unwrap(joined))
+                except ValueError:
+                    pass
+        try:
+            with _autofork_rt.Joiner() as _autofork_j4:
+                t = _autofork_j4.fork(work, 2)
+                print(_autofork_rt.unwrap(t))
+        except ValueError:
+            pass
+""",
+    )
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="try/except* is Python 3.11 syntax")
+def test_pending_results_are_settled_before_try_star() -> None:
+    check(
+        """\
+from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+r = work(1)
+try:
+    print(r)
+except* ValueError:
+    pass
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; from autofork import implicit_fork
+
+@implicit_fork
+def work(x):
+    return x
+
+r = _autofork_rt.fork(work, 1)
+_autofork_rt.settle_names('r')
+try:
+    print(_autofork_rt.unwrap(r))
+except* ValueError:
+    pass
+""",
+    )
+
+
+SETTLED = """\
+import time
+from autofork import io_bound_fork
+
+@io_bound_fork
+def check(i):
+    time.sleep(0.05)
+    if i == 3:
+        raise ValueError(f"bad {i}")
+    return i
+
+def straight():
+    r = check(3)
+    s = check(1)
+    try:
+        return r + s
+    except ValueError:
+        return "caught inside"
+
+def maybe(flag):
+    if flag:
+        r = check(1)
+    try:
+        return r
+    except NameError:
+        return "unbound"
+"""
+
+
+def test_a_failure_settled_before_a_try_escapes_it_at_the_try_line(tmp_path: Path) -> None:
+    module = load(SETTLED, "settled", tmp_path)
+    with pytest.raises(ValueError, match="bad 3") as caught:
+        module.straight()
+    entries = traceback.extract_tb(caught.value.__traceback__)
+    straight = [(e.lineno, e.line) for e in entries if e.name == "straight"]
+    assert straight[0] == (14, "try:")           # raised just before the try, at its line
+    assert (12, "r = check(3)") in straight      # then the fork's call site
+    assert module.maybe(False) == "unbound"      # a name not bound yet is left to the body
+    assert module.maybe(True) == 1
+
+
 def test_global_rebinding() -> None:
     """A `global` rebinding in another function disables the rewriting."""
     unchanged(

@@ -14,6 +14,7 @@ The transformer inserts ``from autofork.runtime import implicit as _autofork_rt`
     if _autofork_rt.unwrap(x) is None: ...       # was: if x is None: ...
     json.dumps(_autofork_rt.unwrap(x))           # was: json.dumps(x)
     xs = _autofork_rt.settle([_autofork_rt.fork(f, i) for i in y])
+    _autofork_rt.settle_names('x')               # before a try/with whose body reads x
 
 A Joiner keeps sequential meaning: when its block ends, every call forked through it has
 finished, its reductions are applied in call order, the first failure in call order is
@@ -30,10 +31,10 @@ from .errors import add_note
 from .folds import Folds
 from .granularity import UNSCANNED, call, running_inline, running_serial
 from .proxy import ResultProxy, unwrap
-from .settle import settle
+from .settle import settle, settle_names
 from .task import DONE, stopped_at
 
-__all__ = ["fork", "fork_recursive", "Joiner", "unwrap", "settle"]
+__all__ = ["fork", "fork_recursive", "Joiner", "unwrap", "settle", "settle_names"]
 
 
 def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

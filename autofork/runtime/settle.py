@@ -13,16 +13,20 @@ are settled in place and a ``tuple`` holding a proxy is replaced by a tuple of v
 ``_DEPTH`` levels down.  Anything else is left alone (a numpy array already converted
 its elements when they were stored).  The first failure met is raised, as evaluating that
 proxy would raise it; it is the first in container order.
+
+``settle_names`` is the same for the names of the caller's frame, just before a ``try`` or
+``with`` that would otherwise catch a failure that escaped sequentially (SPEC 4b).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import MutableMapping, MutableSequence, MutableSet
 from typing import Any, no_type_check
 
 from .proxy import ResultProxy, unwrap
 
-__all__ = ["settle"]
+__all__ = ["settle", "settle_names"]
 
 _DEPTH = 3
 
@@ -37,6 +41,29 @@ def settle(obj: Any) -> Any:
     if type(obj) is ResultProxy:
         return unwrap(obj)
     return _settled(obj, _DEPTH)
+
+
+@no_type_check
+def settle_names(*names: str) -> None:
+    """Wait for the proxies the caller's ``names`` hold, in order; raise the first failure.
+
+    The rewriter puts it just before a ``try``/``with`` whose body reads those names: a
+    failure is raised there, outside the block, as the sequential call raised it before
+    the block began.  A name not bound yet is skipped (reading it inside the block
+    raises ``NameError`` there, as sequentially); the names keep their proxies.
+    """
+    frame = sys._getframe(1)
+    scope, module = frame.f_locals, frame.f_globals
+    del frame
+    for name in names:
+        value = scope.get(name, _UNBOUND)
+        if value is _UNBOUND:
+            value = module.get(name)
+        if type(value) is ResultProxy:
+            unwrap(value)
+
+
+_UNBOUND = object()
 
 
 @no_type_check

@@ -1,0 +1,128 @@
+"""A failing marked call under ``python -m autofork``, compared with plain ``python``: it
+is caught where it was caught sequentially (SPEC 4b) and its traceback reads the same
+(SPEC 5).  Every test runs the same script both ways, in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script: Path, *, autofork: bool) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOFORK")}
+    env.update({"AUTOFORK_WORKERS": "2", "PYTHONPATH": str(ROOT)})
+    command = [sys.executable, *(["-m", "autofork"] if autofork else []), str(script)]
+    return subprocess.run(command, cwd=script.parent, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def both(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess[str], ...]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source).lstrip("\n"))
+    return run(script, autofork=False), run(script, autofork=True)
+
+
+def last_line(stderr: str) -> str:
+    return stderr.rstrip("\n").rsplit("\n", 1)[-1]
+
+
+# ------------------------------------------------ caught where it was caught (SPEC 4b)
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_raised_before_a_try_is_not_caught_by_it(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, '''
+        import time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def check(i):
+            time.sleep(0.05)
+            if i == 3:
+                raise ValueError(f"bad {i}")
+            return i
+
+        r = check(3)          # sequentially: raises here, uncaught
+        print("after r")
+        s = check(1)
+        try:
+            print(r + s)      # the proxy must not raise here, inside the try
+        except ValueError as e:
+            print("caught again", e)
+        print("end")
+    ''')
+    assert plain.returncode == forked.returncode == 1
+    assert plain.stdout == forked.stdout == ""
+    assert last_line(plain.stderr) == last_line(forked.stderr) == "ValueError: bad 3"
+
+
+@pytest.mark.timeout(60)
+def test_failures_are_caught_by_the_same_handlers_as_sequentially(tmp_path: Path) -> None:
+    """Each scenario fails inside a function whose caller catches: sequentially the
+    caller catches every one; a try or with in the function itself must not."""
+    plain, forked = both(tmp_path, '''
+        import contextlib, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def check(i):
+            time.sleep(0.02)
+            if i == 3:
+                raise ValueError(f"bad {i}")
+            return i
+
+        def straight():
+            r = check(3)
+            s = check(1)
+            try:
+                return r + s
+            except ValueError:
+                return "caught inside"
+
+        def in_a_loop():
+            total = 0
+            for i in range(5):
+                v = check(i)
+                try:
+                    total = total + v
+                except ValueError:
+                    return "caught inside"
+            return total
+
+        def suppressed():
+            r = check(3)
+            with contextlib.suppress(ValueError):
+                return r * 2
+            return "suppressed inside"
+
+        def derived():
+            t = check(3) * 2
+            try:
+                return t + 1
+            except ValueError:
+                return "caught inside"
+
+        def unbound(flag):
+            if flag:
+                r = check(3)
+            try:
+                return r
+            except NameError:
+                return "unbound inside"
+
+        for scenario in (straight, in_a_loop, suppressed, derived, lambda: unbound(False)):
+            try:
+                print(scenario())
+            except ValueError as e:
+                print("caught by the caller:", e)
+    ''')
+    assert (plain.returncode, plain.stderr) == (0, "")
+    assert plain.stdout == "caught by the caller: bad 3\n" * 4 + "unbound inside\n"
+    assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
