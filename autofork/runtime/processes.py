@@ -430,10 +430,11 @@ class ProcessPool:
             self._thread.start()
 
     def _dispatch(self, path: list[str]) -> None:
-        from multiprocessing.connection import wait
-
         try:
             self._start_workers(path)
+            # Imported after the template started (the program may be exiting already).
+            from multiprocessing.connection import wait
+
             while True:
                 if not self._killing:
                     with self._send_lock:

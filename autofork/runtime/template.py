@@ -41,7 +41,6 @@ import socket
 import struct
 import subprocess
 import sys
-import sysconfig
 from typing import Any, Optional
 
 __all__ = ["Template", "Forked", "serve", "preload_names"]
@@ -200,6 +199,8 @@ def preload_names() -> list[str]:
     """Names of the top-level third-party modules imported here (in site-packages), but
     for autofork's own (``_OWN_DEPENDENCIES``).  A package's submodules are not named: a
     worker imports them from the preloaded package at its first call that needs them."""
+    import sysconfig  # the program's side only; the template never needs it
+
     paths = sysconfig.get_paths()
     roots = {os.path.join(path, "") for key in ("purelib", "platlib")
              if (found := paths.get(key)) for path in (found, os.path.realpath(found))}
