@@ -580,3 +580,36 @@ def test_the_calls_made_after_an_uncaught_failure_are_not_reported_too(tmp_path:
     assert forked.stderr.count("Traceback") == plain.stderr.count("Traceback") == 1, forked.stderr
     assert "never used" not in forked.stderr
     assert forked.stderr.strip().endswith("ValueError: bad 0")
+
+
+NOT_BEGUN = """
+    import sys, time
+    from pathlib import Path
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def step(i, folder):
+        Path(folder, f"began-{i}").touch()
+        time.sleep(0.2)
+        if i == 1:
+            raise ValueError(f"bad {i}")
+        return i
+
+    total = 0
+    for i in range(40):
+        total += step(i, sys.argv[1])
+    print(total)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_calls_after_a_failure_that_have_not_begun_are_not_run(tmp_path: Path) -> None:
+    folder = tmp_path / "began"
+    folder.mkdir()
+    forked = run_script(tmp_path, NOT_BEGUN, str(folder), module=True,
+                        env={"AUTOFORK_WORKERS": "2"})
+    assert forked.returncode == 1 and forked.stderr.strip().endswith("ValueError: bad 1")
+    began = len(list(folder.iterdir()))
+    # 0 and 1, and what was running or sent when 1 failed (2 workers, their batches, the
+    # caller): far from the 40 that waiting for every call of the loop ran
+    assert 2 <= began <= 12, began

@@ -163,14 +163,21 @@ def _first(entry: tuple[int, Any, int]) -> int:
 
 
 def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]]:
-    """Wait for every task; (2 * position + 1, exception, output seq) of each failure,
-    in call order."""
+    """Wait for the tasks in call order up to the first that failed; (2 * position + 1,
+    exception, output seq) of it and of the later ones that have failed already.
+
+    The calls after the first failure were never made by the sequential program, which
+    stopped there: they are not waited for (``stopped_at`` drops what they print and
+    cancels those not begun)."""
     failed = []
-    for position, task in tasks:
+    for index, (position, task) in enumerate(tasks):
         task.wait()
         if task.failure is not None:
-            task.mark_observed()
-            failed.append((2 * position + 1, task.failure.exception(), task.seq))
+            for later_position, later in tasks[index:]:
+                if later.state == DONE and later.failure is not None:
+                    later.mark_observed()
+                    failed.append((2 * later_position + 1, later.failure.exception(), later.seq))
+            break
     return failed
 
 

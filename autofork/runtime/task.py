@@ -202,6 +202,25 @@ def stopped_at(seq: int) -> None:
     for key, task in list(_unobserved.items()):
         if task.seq > seq and getattr(task, "caller_may_run", True):
             _unobserved.pop(key, None)
+    # Those not begun yet are not run at all (a loop of a thousand calls that fails at
+    # its third ends now, not after the other 997, also at exit).
+    for task in list(_live):
+        if task.state == QUEUED and _never_made(task) and task.claim():
+            task.set_failure(Failure.local(NeverMade(
+                f"{task.name}() was called after a call whose failure was raised; the "
+                "sequential program never made this call, so it was not run"), skip=0))
+
+
+class NeverMade(Exception):
+    """The failure of a rewritten call made after one whose failure was raised (the
+    sequential program stopped there): autofork does not run it.  Nothing can see it:
+    the program went on from the exception."""
+
+
+def _never_made(task: "Task") -> bool:
+    if type(task) is Chunk:
+        return all(output.voided(item.seq) for item in task.items)  # type: ignore[attr-defined]
+    return task.caller_may_run and output.voided(task.seq)
 
 
 def _help(inputs: list) -> None:
