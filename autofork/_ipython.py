@@ -285,12 +285,15 @@ def stop_forks() -> None:
     The calls killed this way fail, and nobody will look at them: they are marked seen,
     so that they are not reported as lost failures at the kernel's exit.
     """
-    from .runtime import engine
+    from .runtime import engine, output
     from .runtime.task import unobserved_failures
 
     engine.shutdown(kill=True)
     for task in unobserved_failures():
         task.mark_observed()
+    # The killed calls never end: what the cell wrote behind them goes out now, and
+    # their failures hold back nothing (see output: a failure never raised).
+    output.flush(force=True)
 
 
 _loaded: dict[int, _Extension] = {}
