@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a Python program with the calls of functions marked "
                     "@implicit_fork running in parallel.",
         epilog="AUTOFORK=0 in the environment is the same as --sequential. "
-               "AUTOFORK_INCLUDE / AUTOFORK_EXCLUDE add to --include / --exclude.",
+               "AUTOFORK_INCLUDE / AUTOFORK_EXCLUDE add to --include / --exclude. "
+               "AUTOFORK_CACHE=0 turns the cache of rewritten code off; under "
+               "PYTHONDONTWRITEBYTECODE it lives in AUTOFORK_CACHE_DIR (else "
+               "$XDG_CACHE_HOME/autofork or ~/.cache/autofork). AUTOFORK_LOG=DEBUG times "
+               "each phase of the run.",
     )
     run = parser.add_argument_group("running")
     run.add_argument("-m", dest="module", metavar="MODULE",
