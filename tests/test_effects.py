@@ -462,7 +462,7 @@ PARALLEL = '''\
 
     @implicit_fork
     def build(x):
-        time.sleep(0.3)
+        time.sleep(0.1)
         out = []
         table = {}
         for i in range(x):
@@ -472,13 +472,15 @@ PARALLEL = '''\
 
     @implicit_fork
     def write_own(path, x):
-        time.sleep(0.3)
+        time.sleep(0.1)
         with open(path, "w") as f:
             f.write(str(x))
         print("wrote", x)
         log.info("wrote %s", x)
         return os.getpid()
 
+    from autofork import evaluate, fork
+    evaluate(fork(abs, 1))  # workers are up (before, a waiting caller may run the calls)
     results = [build(n) for n in range(6)]
     pids = [r[2] for r in results] + [write_own(f"f{n}.txt", n) for n in range(6)]
     print([r[:2] for r in results])
@@ -560,7 +562,7 @@ def test_trust_effects_works_without_autofork_and_forks_with_it(tmp_path: Path) 
         @implicit_fork
         @trust_effects
         def tag(out, x):
-            time.sleep(0.3)
+            time.sleep(0.1)
             out.append(x)
             return os.getpid()
 
