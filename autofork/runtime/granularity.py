@@ -6,8 +6,9 @@ those: an explicit ``fork`` always forks), autofork learns each function's mean 
 and decides per call:
 
 * unknown yet: fork; when ``_MEASURE_AFTER`` calls are already waiting (a loop forks
-  faster than the pool starts or answers), run the next one inline, timed, so the cost
-  of a tiny function is known at once instead of after thousands of needless forks;
+  faster than the pool answers), or ``_MEASURE_STARTING`` while no worker is ready yet
+  (the caller would run them itself), run the next one inline, timed, so the cost of a
+  tiny function is known at once instead of after thousands of needless forks;
 * under ``_INLINE_BELOW`` (10 µs): run inline: no fork can pay for itself; from then on
   ``implicit.fork`` calls it after one set lookup (``running_inline``), for the rest of the run;
 * under ``_CHUNK_BELOW`` (2 ms): gather calls into a chunk of about ``_CHUNK_SECONDS`` of
@@ -36,7 +37,11 @@ depend on it, or did the caller wait for it soon after forking it?  After
 (``serial``: ``implicit.fork`` makes them after one dict lookup, ``running_serial``);
 one call in ``probe`` is forked again to see whether overlap has
 appeared (the next call came while it ran, and did not need it), in which case the
-function forks again; else the probe interval doubles, up to ``_PROBE_MAX``.
+function forks again; else the probe interval doubles, up to ``_PROBE_MAX`` calls, and
+never more than ``_PROBE_SECONDS`` of the function's run time (at least ``_PROBE_MIN``
+calls): a parallel loop of a 3 ms function after a chain of it forks again within
+about 20 ms, not after 4,096 calls run here, while a probe costs a chain of 20 µs calls
+a round trip per thousand calls.
 
 Only the local backend measures; elsewhere every call forks.
 """
@@ -81,10 +86,13 @@ _SAMPLE_MASK = 1023  # an inline function is timed again once in 1,024 calls
 # called by call, called by implicit.fork or Joiner.fork, called by the call site.
 _CALLER = 4
 _MEASURE_AFTER = 64  # calls of unknown cost waiting: time the next one inline
+_MEASURE_STARTING = 8  # the same while no worker is ready (8 coarse calls still queue)
 _QUICK = 200e-6  # a call this soon after the previous result: the caller was waiting for it
 _SERIAL_AFTER = 8  # calls in a row that overlapped nothing: run the function here
 _PROBE_FIRST = 64  # then fork one call in this many, to see whether overlap is back
 _PROBE_MAX = 4096
+_PROBE_SECONDS = 0.02  # ... nor more calls than take this long
+_PROBE_MIN = 8
 _SPREAD_CALLS = 128  # the most calls of a recursion's top levels that run in the caller
 # The rewriter calls this (not ``fork``) where a function calls itself.
 RECURSIVE_CALL = "fork_recursive"
@@ -222,13 +230,14 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
     pool = engine.backend()
     if known.recursive:
         return _recursive(fn, known, pool, args, kwargs, recursive)
-    pool.ready()  # asking starts the workers; while none is ready, a caller that waits
-    # for one of these calls runs it itself (processes.ProcessPool.steal)
+    # Asking starts the workers; while none is ready, a caller that waits for one of
+    # these calls runs it itself (processes.ProcessPool.steal).
+    ready = pool.ready()
     if mean is None:
         mean = pool.mean_seconds(fn)
         if mean is not None:
             _settle(known, mean, fn)
-        elif pool.pending() >= _MEASURE_AFTER:
+        elif pool.pending() >= (_MEASURE_AFTER if ready else _MEASURE_STARTING):
             return _timed(fn, known, args, kwargs, "measure")
     seen, pending = scan(args, kwargs)
     if known.serial and not _waits_for_others(fn, pending):
@@ -305,7 +314,9 @@ def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
 def _go_serial(fn: Callable[..., Any], known: _Function) -> None:
     known.streak = 0
     known.serial = True
-    known.countdown = known.probe_every
+    run = engine.backend().mean_seconds(fn) or known.mean
+    within = int(_PROBE_SECONDS / run) if run else known.probe_every
+    known.countdown = max(_PROBE_MIN, min(known.probe_every, within))
     if not stats.active:
         running_serial[fn] = known
 
