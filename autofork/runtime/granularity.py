@@ -103,7 +103,7 @@ class _Function:
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
                  "opened", "lock", "warned", "watch", "serial", "streak", "last", "last_at",
-                 "probe_every", "countdown", "probing", "latency", "depth", "top", "spread")
+                 "probe_every", "countdown", "probing", "latency", "done_at", "depth", "top", "spread")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -128,6 +128,7 @@ class _Function:
         self.countdown = 0  # serial calls left before the next probe
         self.probing = False  # the last forked call was a probe
         self.latency: Optional[float] = None  # from fork to result, moving average
+        self.done_at = 0.0  # when the last forked call finished
         # Recursion: the levels of it running here, and how many run here before a fork.
         self.depth = 0
         self.spread = 0  # calls run in the top levels since the outer call
@@ -240,11 +241,11 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
         elif pool.pending() >= (_MEASURE_AFTER if ready else _MEASURE_STARTING):
             return _timed(fn, known, args, kwargs, "measure")
     seen, pending = scan(args, kwargs)
+    _overlap(fn, known, pending)  # first: when it finds a chain, this call runs here
     if known.serial and not _waits_for_others(fn, pending):
         for task in pending:
             task.wait()  # its own earlier (probe) call: the chain goes on here
         return _timed_serial(fn, args, kwargs) if stats.active else fn(*args, **kwargs)
-    _overlap(fn, known, pending)
     if known.size and not seen:
         return _chunked(fn, known, args, kwargs)
     task = start(fn, args, kwargs, "cpu")
@@ -268,7 +269,8 @@ def _watch(known: _Function, task: Any) -> None:
 
 def _finished(known: _Function, task: Any) -> None:
     if known.last is task:
-        took = time.perf_counter() - known.last_at
+        known.done_at = now = time.perf_counter()
+        took = now - known.last_at
         known.latency = took if known.latency is None else 0.8 * known.latency + 0.2 * took
 
 
@@ -291,8 +293,11 @@ def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
         alone = (any(getattr(task, "chunk", task) is last for task in pending)
                  and min(now - known.last_at, run or cost) < cost)
     else:
+        # Waited for soon after it was forked; or done before anybody waited (the caller
+        # was descheduled, on a busy machine) and the next call came at once after that.
         waited_at = last.waited_at
-        alone = waited_at is not None and waited_at - known.last_at < cost
+        alone = (waited_at - known.last_at < cost if waited_at is not None
+                 else now - known.done_at < cost)
     known.last = None
     if known.probing:
         known.probing = False
