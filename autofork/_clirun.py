@@ -158,10 +158,14 @@ def _interrupted() -> None:
 
 
 def _report(exc: BaseException) -> None:
-    """Print ``exc`` as the interpreter would, without the runner's own frame."""
+    """Print ``exc`` as the interpreter would, without the runner's own frame, nor
+    autofork's between the program's (``errors.without_internal_frames``)."""
+    from autofork.runtime.errors import without_internal_frames
+
     tb = exc.__traceback__
-    tb = tb.tb_next if tb is not None else None
-    exc.__traceback__ = tb
+    exc.__traceback__ = tb.tb_next if tb is not None else None
+    without_internal_frames(exc)
+    tb = exc.__traceback__
     try:
         sys.excepthook(type(exc), exc, tb)
     except Exception:  # noqa: BLE001 - a broken excepthook: Python falls back too

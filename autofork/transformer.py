@@ -2630,15 +2630,25 @@ def _char_blocks(old: str, new: str) -> list[tuple[int, int, int]]:
             continue
         inserted = new.find(old[i:i + 4], j)        # text inserted into the line
         deleted = old.find(new[j:j + 4], i)         # text removed from it
-        skip_new = inserted - j if inserted >= 0 else m
-        skip_old = deleted - i if deleted >= 0 else n
-        if skip_new <= skip_old and inserted >= 0:
+        if inserted >= 0 and (deleted < 0 or inserted - j <= deleted - i):
             j = inserted
         elif deleted >= 0:
             i = deleted
         else:
-            i, j = i + 1, j + 1
+            # Both sides changed here (``acc += f(x)`` -> ``acc = j.fold(acc, '+=', j.fork(f, x))``):
+            # resume at the next old text found further on in the new line.
+            i, j = _next_anchor(old, new, i + 1, j)
     return blocks
+
+
+def _next_anchor(old: str, new: str, i: int, j: int) -> tuple[int, int]:
+    """The first ``i' >= i`` whose four characters (the rest of the line, near its end)
+    occur in ``new`` from ``j`` on, and where; else the two ends."""
+    for start in range(i, len(old)):
+        found = new.find(old[start:start + 4], j)
+        if found >= 0:
+            return start, found
+    return len(old), len(new)
 
 
 def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int, _LineColumns]]]:

@@ -126,3 +126,109 @@ def test_failures_are_caught_by_the_same_handlers_as_sequentially(tmp_path: Path
     assert (plain.returncode, plain.stderr) == (0, "")
     assert plain.stdout == "caught by the caller: bad 3\n" * 4 + "unbound inside\n"
     assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
+
+
+# ------------------------------------------- tracebacks read as the sequential ones (SPEC 5)
+
+
+def traceback_text(stderr: str) -> str:
+    """The printed traceback (what autofork's logger may print before it aside)."""
+    start = stderr.find("Traceback (most recent call last):")
+    assert start >= 0, stderr
+    return stderr[start:]
+
+
+FAILING = textwrap.dedent('''
+    import time
+    from autofork import evaluate, fork, implicit_fork
+
+
+    class AppError(Exception):
+        def __init__(self, code, message):
+            super().__init__(message)
+            self.code = code
+
+
+    @implicit_fork
+    def check(i):
+        time.sleep(0.05)
+        try:
+            if i == 3:
+                int("x")
+        except ValueError as e:
+            raise AppError(42, f"bad {i}") from e
+        return i
+
+''')
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_call_in_a_loop_prints_the_sequential_traceback(tmp_path: Path) -> None:
+    """The loop's join, unwrap and the fold are autofork's frames: none is printed; the
+    call line, the raising line and the chained cause read as under plain python, carets
+    (3.11+) under the same text."""
+    plain, forked = both(tmp_path, FAILING + textwrap.dedent('''
+        total = 0
+        for i in range(5):
+            total += check(i)
+        print(total)
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert "total += check(i)" in plain.stderr and "autofork" not in traceback_text(forked.stderr)
+    assert traceback_text(forked.stderr) == traceback_text(plain.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_value_call_prints_the_sequential_traceback(tmp_path: Path) -> None:
+    """A value fork raises where its value is used (``print``): that line of the same
+    function is not printed, the call's line is, as sequentially; also from a worker."""
+    plain, forked = both(tmp_path, FAILING + textwrap.dedent('''
+        evaluate(fork(abs, 1))   # the workers are up: check(3) runs in one of them
+
+        def main():
+            r = check(3)
+            doubled = r * 2
+            print(doubled)
+
+        main()
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert "r = check(3)" in plain.stderr and "print(doubled)" not in forked.stderr
+    assert traceback_text(forked.stderr) == traceback_text(plain.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_never_used_is_printed_at_exit_with_the_sequential_traceback(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, FAILING + textwrap.dedent('''
+        r = check(3)
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert "check() failed and its result was never used" in forked.stderr
+    assert traceback_text(forked.stderr) == traceback_text(plain.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_short_call_prints_the_sequential_traceback(tmp_path: Path) -> None:
+    """Calls of half a millisecond travel in chunks (or run in the caller): the call site
+    of a chunked call keeps its columns too."""
+    plain, forked = both(tmp_path, '''
+        import time
+        from autofork import evaluate, fork, implicit_fork
+
+        @implicit_fork
+        def check(i):
+            until = time.perf_counter() + 0.0005
+            while time.perf_counter() < until:
+                pass
+            if i == 150:
+                raise ValueError(f"bad {i}")
+            return i
+
+        evaluate(fork(abs, 1))
+        results = []
+        for i in range(200):
+            results.append(check(i))
+        print(sum(results))
+    ''')
+    assert plain.returncode == forked.returncode == 1
+    assert traceback_text(forked.stderr) == traceback_text(plain.stderr)

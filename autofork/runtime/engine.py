@@ -16,11 +16,11 @@ import os
 import sys
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _phases
 from . import config, output, stats
+from .errors import without_internal_frames
 from .task import live_tasks, unobserved_failures
 
 if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
@@ -122,8 +122,10 @@ def finish() -> bool:
     for task in failures:
         task.mark_observed()
         exc = task.failure.exception()  # type: ignore[union-attr]
+        without_internal_frames(exc)
         print(f"autofork: {task.name}() failed and its result was never used:", file=sys.stderr)
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        # As the interpreter prints an uncaught exception (3.10's prints __main__.Error).
+        sys.excepthook(type(exc), exc, exc.__traceback__)
     return bool(failures)
 
 

@@ -10,29 +10,40 @@ The exception tree::
                                           nearest builtin base, so ``except ValueError`` still works)
 
 How a traceback is rebuilt: a call that fails in a worker sends back its exception
-(pickled, or described when it cannot be pickled) and the (file, line, function) of each
-frame below the worker's own.  The caller rebuilds a *real* traceback from them: for each
-frame it runs a one-line ``raise`` compiled with that file name, line number and function
-name, and links the resulting traceback entries.  The fork call site is put first, so a
+(pickled, or described when it cannot be pickled) and the (file, line, function, and on
+3.11+ the columns) of each frame below the worker's own.  The caller rebuilds a *real*
+traceback from them: for each frame it runs a ``raise`` compiled (from an ``ast``) with
+that file name, function name and the frame's very positions, so that 3.11+ draws its
+carets under the same text as the sequential traceback (under the whole line, that is
+none, when the columns are unknown), and links the resulting traceback entries.  The fork call site is put first, so a
 printed traceback reads: the caller's frames down to where the value was used, the fork
 call site, then the frames inside the function down to the raising line.  Source lines
 come from the caller's ``linecache``, so they show for functions defined in ``__main__``
 or in a rewritten module too (cloudpickle ships those by value but keeps their file name).
+
+``without_internal_frames`` makes an uncaught exception read as the sequential one when
+it is printed at the top (``python -m autofork``): autofork's own frames between the
+user's (a ``Joiner`` exit, ``unwrap``, ``Task.result``) are dropped, and so is the user
+frame where the value was waited for when the rebuilt call site that follows is in the
+same function (the sequential traceback shows the call line only).
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
 import functools
+import linecache
 import os
 import pickle
 import sys
 import traceback
-from types import TracebackType
-from typing import Any, NamedTuple
+from types import CodeType, TracebackType
+from typing import Any, NamedTuple, Optional
 
 
-__all__ = ["AutoforkWarning", "NotSendable", "WorkerCrashed", "RemoteError", "Frame", "Failure"]
+__all__ = ["AutoforkWarning", "NotSendable", "WorkerCrashed", "RemoteError", "Frame", "Failure",
+           "call_site", "site_at", "without_internal_frames"]
 
 
 class AutoforkWarning(UserWarning):
@@ -95,11 +106,25 @@ def _remote_error(type_name: str, message: str, reason: str, builtin_base: str) 
 
 
 class Frame(NamedTuple):
-    """Where a frame of a traceback stood: enough to rebuild it in another process."""
+    """Where a frame of a traceback stood: enough to rebuild it in another process.
+
+    ``end_lineno``, ``colno``, ``end_colno``: the span of the instruction that raised (or
+    called), as 3.11+ code objects keep it (columns are UTF-8 byte offsets, as in
+    ``traceback.FrameSummary``); None when unknown (Python 3.10).
+    """
 
     filename: str
     lineno: int
     name: str
+    end_lineno: Optional[int] = None
+    colno: Optional[int] = None
+    end_colno: Optional[int] = None
+
+
+def _frame(summary: traceback.FrameSummary) -> Frame:
+    return Frame(summary.filename, summary.lineno or 0, summary.name,
+                 getattr(summary, "end_lineno", None), getattr(summary, "colno", None),
+                 getattr(summary, "end_colno", None))
 
 
 class Failure:
@@ -126,8 +151,7 @@ class Failure:
     @classmethod
     def capture(cls, exc: BaseException, skip: int = 1) -> Failure:
         """Describe ``exc``, dropping the first ``skip`` frames (the runner's own)."""
-        frames = [Frame(f.filename, f.lineno or 0, f.name)
-                  for f in traceback.extract_tb(exc.__traceback__)[skip:]]
+        frames = [_frame(f) for f in traceback.extract_tb(exc.__traceback__)[skip:]]
         return cls(_dump_exception(exc), frames, None, _chained(exc, _CHAIN_DEPTH))
 
     @classmethod
@@ -178,8 +202,7 @@ def _chained(exc: BaseException, depth: int) -> tuple[bool, Failure] | None:
         None if exc.__suppress_context__ else exc.__context__)
     if chained is None or depth == 0:
         return None
-    frames = [Frame(f.filename, f.lineno or 0, f.name)
-              for f in traceback.extract_tb(chained.__traceback__)]
+    frames = [_frame(f) for f in traceback.extract_tb(chained.__traceback__)]
     return explicit, Failure(_dump_exception(chained), frames, None, _chained(chained, depth - 1))
 
 
@@ -244,22 +267,45 @@ def _load_exception(payload: bytes) -> BaseException:
 
 
 @functools.lru_cache(maxsize=1024)
-def _raiser(frame: Frame) -> Any:
-    code = compile("\n" * (max(frame.lineno, 1) - 1) + "raise _autofork_marker", frame.filename, "exec")
+def _raiser(frame: Frame) -> CodeType:
+    """``raise _autofork_marker`` whose instruction has ``frame``'s file, name and span."""
+    line, end_line, col, end_col = _span(frame)
+    where = {"lineno": line, "end_lineno": end_line, "col_offset": col, "end_col_offset": end_col}
+    marker = ast.Name("_autofork_marker", ast.Load(), **where)
+    module = ast.Module([ast.Raise(exc=marker, cause=None, **where)], [])
+    code = compile(module, frame.filename, "exec", dont_inherit=True)
     replace: dict[str, Any] = {"co_name": frame.name}
     if hasattr(code, "co_qualname"):
         replace["co_qualname"] = frame.name
     return code.replace(**replace)
 
 
+def _span(frame: Frame) -> tuple[int, int, int, int]:
+    """(line, end line, column, end column) to compile ``frame``'s raise with.
+
+    Unknown columns span the whole source line: 3.11+ draws no carets under a whole line.
+    """
+    line = max(frame.lineno, 1)
+    end_line, col, end_col = frame.end_lineno, frame.colno, frame.end_colno
+    if end_line is not None and col is not None and end_col is not None and (
+            end_line > line or end_line == line and end_col >= col):
+        return line, end_line, col, end_col
+    text = linecache.getline(frame.filename, line).rstrip().encode("utf-8")
+    return line, line, len(text) - len(text.lstrip()), len(text)
+
+
 class _Marker(Exception):
     pass
+
+
+# The globals of every rebuilt frame: how ``without_internal_frames`` knows one.
+_SYNTHETIC: dict[str, Any] = {"_autofork_marker": _Marker}
 
 
 def _synthetic_tb(frame: Frame, tb_next: TracebackType | None) -> TracebackType | None:
     """A real traceback entry at ``frame``, followed by ``tb_next``."""
     try:
-        exec(_raiser(frame), {"_autofork_marker": _Marker})
+        exec(_raiser(frame), _SYNTHETIC)
     except _Marker as marker:
         entry = marker.__traceback__.tb_next  # type: ignore[union-attr]
         assert entry is not None
@@ -278,20 +324,105 @@ _new_frame = tuple.__new__  # Frame(...) without NamedTuple's Python-level __new
 def call_site() -> Frame | None:
     """The first frame outside autofork's runtime: where the user forked.
 
-    On every fork: each file name is tested once, and the Frame built as a plain tuple.
+    On every fork: each file name is tested once, and each call site's Frame (with its
+    columns) built once, then found by its code object and instruction.
     """
     frame = sys._getframe(1)
     internal = _internal_files
     while frame is not None:
-        name = frame.f_code.co_filename
+        code = frame.f_code
+        name = code.co_filename
         inside = internal.get(name)
         if inside is None:
             inside = internal[name] = name.startswith(_INTERNAL)
         if not inside:
-            code = frame.f_code
-            return _new_frame(Frame, (name, frame.f_lineno, code.co_name))
+            known = _SITES.get(id(code))
+            if known is not None and known[0] is code:
+                site = known[2].get(frame.f_lasti)
+                if site is not None:
+                    return site
+            return site_at(code, frame.f_lineno, frame.f_lasti)
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+def site_at(code: CodeType, line: int, lasti: int = -1) -> Frame:
+    """The Frame of the instruction at ``lasti`` in ``code`` (its span on 3.11+)."""
+    known = _SITES.get(id(code))
+    if known is None or known[0] is not code:
+        if len(_SITES) >= 256:
+            _SITES.clear()
+        table = list(code.co_positions()) if hasattr(code, "co_positions") else []
+        known = _SITES[id(code)] = (code, table, {})
+    table = known[1]
+    if 0 <= lasti and lasti // 2 < len(table):
+        start, end_line, col, end_col = table[lasti // 2]
+        if start != line:
+            end_line = None
+    else:
+        end_line = col = end_col = None  # Python 3.10: lines only
+    site = _new_frame(Frame, (code.co_filename, line, code.co_name, end_line, col, end_col))
+    if lasti >= 0:
+        known[2][lasti] = site
+    return site
+
+
+# id(code) -> (code, its co_positions, {instruction offset: Frame}): the call sites seen.
+_SITES: dict[int, tuple[CodeType, list[tuple[Any, ...]], dict[int, Frame]]] = {}
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def without_internal_frames(exc: BaseException) -> None:
+    """Drop autofork's own frames from the tracebacks of ``exc`` and of the exceptions
+    chained to it (cause, context, members of a group), in place.
+
+    A run of autofork frames is dropped when a frame of the program follows it (one at
+    the end is autofork raising, and stays); when what follows is a rebuilt call site
+    (``Failure.exception``) in the same function as the frame before the run, that frame
+    goes too: it is where the value was waited for, and the sequential traceback shows
+    the call's line only.
+    """
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = _trimmed(current.__traceback__)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        todo.extend(getattr(current, "exceptions", ()))
+
+
+def _trimmed(tb: TracebackType | None) -> TracebackType | None:
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    ours = [e.tb_frame.f_code.co_filename.startswith(_PACKAGE) for e in entries]
+    kept: list[TracebackType] = []
+    dropped = False   # autofork frames were dropped since the last kept entry
+    for index, entry in enumerate(entries):
+        if ours[index] and not all(ours[index:]):
+            dropped = True
+            continue
+        if (dropped and kept and entry.tb_frame.f_globals is _SYNTHETIC
+                and _same_function(kept[-1], entry)):
+            kept.pop()
+        dropped = False
+        kept.append(entry)
+    for before, after in zip(kept, kept[1:]):
+        before.tb_next = after
+    if kept:
+        kept[-1].tb_next = None
+    return kept[0] if kept else None
+
+
+def _same_function(a: TracebackType, b: TracebackType) -> bool:
+    x, y = a.tb_frame.f_code, b.tb_frame.f_code
+    return (x.co_filename, x.co_name) == (y.co_filename, y.co_name)
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -450,7 +450,8 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
             track(chunk)
             _flusher.watch(fn, known)
         items = chunk.items
-        item = ChunkItem(chunk, len(items), args, kwargs, (caller.f_code, caller.f_lineno))
+        item = ChunkItem(chunk, len(items), args, kwargs,
+                         (caller.f_code, caller.f_lineno, caller.f_lasti))
         item.seq = output.begin()
         items.append(item)
         if stats.active:

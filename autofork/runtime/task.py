@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import output
-from .errors import Failure, Frame
+from .errors import Failure, Frame, site_at
 
 if TYPE_CHECKING:  # typing only: executor.py builds on this module
     from .executor import Executor
@@ -301,7 +301,7 @@ class ChunkItem:
         self.fn = chunk.fn
         self.args = args
         self.kwargs = kwargs
-        self.where = where  # (code, line) of the call site: cheaper than a Frame
+        self.where = where  # (code, line, lasti) of the call site: cheaper than a Frame
         self.seq = -1  # its place in the ordered output, as Task.seq
 
     @property
@@ -310,8 +310,7 @@ class ChunkItem:
 
     @property
     def site(self) -> Optional[Frame]:
-        code, line = self.where
-        return Frame(code.co_filename, line, code.co_name)
+        return site_at(*self.where)
 
     @property
     def state(self) -> int:
