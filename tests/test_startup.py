@@ -317,3 +317,40 @@ def test_a_cached_package_main_imports_no_libcst(tmp_path: Path) -> None:
 
     assert run() == {"libcst": True, "n": 3, "rewritten": True}
     assert run() == {"libcst": False, "n": 3, "rewritten": True}
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_closed_before_its_dispatcher_ran_starts_no_process(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A short program can end before the pool's thread first runs (it had no GIL while
+    the script ran): exit then starts no template process, and does not wait for one."""
+    import logging
+    import threading
+
+    from autofork.runtime.processes import ProcessPool
+
+    pool = ProcessPool(2)
+    gate = threading.Event()
+
+    def hold_the_dispatcher(frame: object, event: str, arg: object) -> None:
+        # As the scheduler may: the pool's thread has started, but has not run yet.
+        if getattr(frame, "f_code").co_name == "_dispatch":
+            sys.settrace(None)
+            gate.wait(30)
+
+    def open_when_closing() -> None:
+        while not pool._closing:
+            time.sleep(0.005)
+        gate.set()
+
+    with caplog.at_level(logging.DEBUG, logger="autofork"):
+        threading.settrace(hold_the_dispatcher)
+        try:
+            pool.start()
+        finally:
+            threading.settrace(None)  # type: ignore[arg-type]  # None switches it off
+        threading.Thread(target=open_when_closing).start()
+        pool.close()  # what exit does; it joins the thread
+    assert gate.is_set()
+    assert "template process" not in caplog.text and "worker process" not in caplog.text
+    assert "pool: dispatcher stopped" in caplog.text  # the join was made, and timed

@@ -456,6 +456,8 @@ class ProcessPool:
             self._stop_workers()
 
     def _start_workers(self, path: list[str]) -> None:
+        if self._closing and self._nothing_to_send():
+            return  # the program ended before this thread ran: exit waits for no start
         from .template import Template, preload_names
 
         began = time.perf_counter()
