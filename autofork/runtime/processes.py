@@ -693,8 +693,6 @@ class ProcessPool:
         ``atexit`` handlers and ends (milliseconds).  A worker never given a call (idle,
         or still starting) and the template are killed: nothing of the program's is in
         them, and exit never waits for a process to start."""
-        import subprocess
-
         workers = list(self._workers.values())
         told = []
         for worker in workers:
@@ -710,6 +708,8 @@ class ProcessPool:
         # and the log says so: exit never waits long in silence.
         deadline = time.monotonic() + (0.5 if self._killing else _STOP_SECONDS)
         for worker in told:
+            import subprocess  # for its TimeoutExpired; not when no worker ran a call
+
             try:
                 worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
