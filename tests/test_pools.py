@@ -183,8 +183,9 @@ _STARTED = re.compile(r"(?:template|worker) process (\d+) started")
 @pytest.mark.parametrize("imports", ["", "import hypothesis  # slow: the template preloads it"])
 def test_exit_while_the_workers_start_waits_for_none_and_leaves_none(tmp_path, imports):
     """A script whose only call is tiny: the caller runs it, and exit comes while the
-    template starts (or imports the program's modules) and the workers are being forked.
-    Every process the pool started (the DEBUG log names each) is gone with the program."""
+    pool starts (before its template, or while the template imports the program's
+    modules).  Every process the pool started (the DEBUG log names each) is gone with
+    the program."""
     result = run_script(tmp_path, f"""
         import os
         {imports}
@@ -199,7 +200,8 @@ def test_exit_while_the_workers_start_waits_for_none_and_leaves_none(tmp_path, i
     assert result.returncode == 0, result.stderr
     assert result.stdout == "True\n"  # no worker was ready: the caller ran it
     started = [int(pid) for pid in _STARTED.findall(result.stderr)]
-    assert started, result.stderr  # the template at least was started
+    if imports:  # the pool had the time of that import to start the template
+        assert started, result.stderr
     assert "warning" not in result.stderr.lower(), result.stderr
     # subprocess.run has reaped the program: a short grace for the kernel to finish a
     # kill; a process left to end by itself would still be importing or serving.
