@@ -2635,20 +2635,8 @@ def _char_blocks(old: str, new: str) -> list[tuple[int, int, int]]:
         elif deleted >= 0:
             i = deleted
         else:
-            # Both sides changed here (``acc += f(x)`` -> ``acc = j.fold(acc, '+=', j.fork(f, x))``):
-            # resume at the next old text found further on in the new line.
-            i, j = _next_anchor(old, new, i + 1, j)
+            i, j = i + 1, j + 1
     return blocks
-
-
-def _next_anchor(old: str, new: str, i: int, j: int) -> tuple[int, int]:
-    """The first ``i' >= i`` whose four characters (the rest of the line, near its end)
-    occur in ``new`` from ``j`` on, and where; else the two ends."""
-    for start in range(i, len(old)):
-        found = new.find(old[start:start + 4], j)
-        if found >= 0:
-            return start, found
-    return len(old), len(new)
 
 
 def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int, _LineColumns]]]:
