@@ -65,8 +65,8 @@ MUTANTS = [
            "a dead worker's calls it had not begun are failed instead of re-queued"),
     # -- granularity -----------------------------------------------------------------
     Mutant("recursion-always-forks", "autofork/runtime/granularity.py",
-           "    if pool.idle() == 0:\n",
-           "    if False:\n",
+           "    if pool.idle() if pool.ready() else pool.pending() < config.settings().workers:\n",
+           "    if True:\n",
            ("tests/test_granularity.py", "-k", "recursion"),
            'the recursion rule "fork only while a worker is idle" turned off'),
     Mutant("tiny-never-inline-set", "autofork/runtime/granularity.py",
@@ -141,8 +141,8 @@ MUTANTS = [
            "an I/O fork inside a worker runs inline instead of on the worker's threads"),
     # -- rewritten loops ---------------------------------------------------------------
     Mutant("joiner-never-waits", "autofork/runtime/implicit.py",
-           "    for position, task in tasks:\n        task.wait()\n",
-           "    for position, task in tasks:\n        pass\n",
+           "    for index, (position, task) in enumerate(tasks):\n        task.wait()\n",
+           "    for index, (position, task) in enumerate(tasks):\n        pass\n",
            ("tests/test_cli.py", "-k", "discarded"),
            "a loop's discarded forks are not waited for at its end"),
     Mutant("joiner-last-failure", "autofork/runtime/implicit.py",

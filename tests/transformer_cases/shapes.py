@@ -40,3 +40,9 @@ def defaults(rows, x):
     put()                             # the default: state made once, when the def ran
     put(*rows)                        # the changed argument given by a star argument
     put(key=x)
+
+
+def rebinds(xs):
+    xs = xs or []                     # a parameter rebound first, not to a copy of it
+    xs.append(1)
+    return xs
