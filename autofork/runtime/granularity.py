@@ -38,10 +38,10 @@ depend on it, or did the caller wait for it soon after forking it?  After
 one call in ``probe`` is forked again to see whether overlap has
 appeared (the next call came while it ran, and did not need it), in which case the
 function forks again; else the probe interval doubles, up to ``_PROBE_MAX`` calls, and
-never more than ``_PROBE_SECONDS`` of the function's run time (at least ``_PROBE_MIN``
-calls): a parallel loop of a 3 ms function after a chain of it forks again within
-about 20 ms, not after 4,096 calls run here, while a probe costs a chain of 20 µs calls
-a round trip per thousand calls.
+never more than ``_PROBE_SECONDS`` of the function's run time, or 50 times what a probe
+costs if more (at least ``_PROBE_MIN`` calls): a parallel loop of a 3 ms function after
+a chain of it forks again within about 20 ms, not after 4,096 calls run here, while the
+probes cost a chain at most about 2% of its time.
 
 Only the local backend measures; elsewhere every call forks.
 """
@@ -91,7 +91,8 @@ _QUICK = 200e-6  # a call this soon after the previous result: the caller was wa
 _SERIAL_AFTER = 8  # calls in a row that overlapped nothing: run the function here
 _PROBE_FIRST = 64  # then fork one call in this many, to see whether overlap is back
 _PROBE_MAX = 4096
-_PROBE_SECONDS = 0.02  # ... nor more calls than take this long
+_PROBE_SECONDS = 0.02  # ... nor more calls than take this long (or _PROBE_SHARE times
+_PROBE_SHARE = 50  # what a probe costs the chain: on a busy machine a round trip is ms)
 _PROBE_MIN = 8
 _SPREAD_CALLS = 128  # the most calls of a recursion's top levels that run in the caller
 # The rewriter calls this (not ``fork``) where a function calls itself.
@@ -320,7 +321,8 @@ def _go_serial(fn: Callable[..., Any], known: _Function) -> None:
     known.streak = 0
     known.serial = True
     run = engine.backend().mean_seconds(fn) or known.mean
-    within = int(_PROBE_SECONDS / run) if run else known.probe_every
+    cost = max(_QUICK, (known.latency or 0.0) - (run or 0.0))  # what a probe costs the chain
+    within = int(max(_PROBE_SECONDS, _PROBE_SHARE * cost) / run) if run else known.probe_every
     known.countdown = max(_PROBE_MIN, min(known.probe_every, within))
     if not stats.active:
         running_serial[fn] = known
