@@ -104,7 +104,7 @@ class _Function:
 
     __slots__ = ("eligible", "recursive", "plain", "mean", "inline", "size", "runs", "chunk",
                  "opened", "lock", "warned", "watch", "serial", "streak", "last", "last_at",
-                 "probe_every", "countdown", "probing", "latency", "done_at", "depth", "top", "spread")
+                 "probe_every", "countdown", "probing", "latency", "depth", "top", "spread")
 
     def __init__(self, eligible: bool, recursive: bool = False) -> None:
         self.eligible = eligible  # measured and chunked here (else: always fork)
@@ -129,7 +129,6 @@ class _Function:
         self.countdown = 0  # serial calls left before the next probe
         self.probing = False  # the last forked call was a probe
         self.latency: Optional[float] = None  # from fork to result, moving average
-        self.done_at = 0.0  # when the last forked call finished
         # Recursion: the levels of it running here, and how many run here before a fork.
         self.depth = 0
         self.spread = 0  # calls run in the top levels since the outer call
@@ -270,8 +269,7 @@ def _watch(known: _Function, task: Any) -> None:
 
 def _finished(known: _Function, task: Any) -> None:
     if known.last is task:
-        known.done_at = now = time.perf_counter()
-        took = now - known.last_at
+        took = time.perf_counter() - known.last_at
         known.latency = took if known.latency is None else 0.8 * known.latency + 0.2 * took
 
 
@@ -294,11 +292,10 @@ def _overlap(fn: Callable[..., Any], known: _Function, pending: list) -> None:
         alone = (any(getattr(task, "chunk", task) is last for task in pending)
                  and min(now - known.last_at, run or cost) < cost)
     else:
-        # Waited for soon after it was forked; or done before anybody waited (the caller
-        # was descheduled, on a busy machine) and the next call came at once after that.
+        # Done before anybody waited: the caller did something else meanwhile (or was
+        # descheduled, on a busy machine: that cannot be told apart), so it overlapped.
         waited_at = last.waited_at
-        alone = (waited_at - known.last_at < cost if waited_at is not None
-                 else now - known.done_at < cost)
+        alone = waited_at is not None and waited_at - known.last_at < cost
     known.last = None
     if known.probing:
         known.probing = False
