@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,8 @@ def test_one_ctrl_c_exits_with_130_and_no_worker_outlives_it(tmp_path, cli):
     # Plain python dies of the re-raised SIGINT (a shell shows status 130); the CLI exits 130.
     assert process.returncode == (130 if cli else -signal.SIGINT), stderr
     assert "KeyboardInterrupt" in stderr
+    if cli:  # the traceback ends at the program's line, not in autofork's wait
+        assert re.findall(r'File "([^"]+)"', stderr)[-1].endswith("script.py"), stderr
 
 
 def test_killing_the_parent_leaves_no_worker_behind(tmp_path):

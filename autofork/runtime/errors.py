@@ -379,7 +379,9 @@ def without_internal_frames(exc: BaseException) -> None:
     chained to it (cause, context, members of a group), in place.
 
     A run of autofork frames is dropped when a frame of the program follows it (one at
-    the end is autofork raising, and stays); when what follows is a rebuilt call site
+    the end is autofork raising, and stays; but a ``KeyboardInterrupt`` met while
+    autofork waited for a fork ends at the program's line, as it ended in the program's
+    own code sequentially); when what follows is a rebuilt call site
     (``Failure.exception``) in the same function as the frame before the run, that frame
     goes too: it is where the value was waited for, and the sequential traceback shows
     the call's line only.
@@ -391,17 +393,22 @@ def without_internal_frames(exc: BaseException) -> None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        current.__traceback__ = _trimmed(current.__traceback__)
+        current.__traceback__ = _trimmed(current.__traceback__,
+                                         isinstance(current, KeyboardInterrupt))
         todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
         todo.extend(getattr(current, "exceptions", ()))
 
 
-def _trimmed(tb: TracebackType | None) -> TracebackType | None:
+def _trimmed(tb: TracebackType | None, tail: bool = False) -> TracebackType | None:
+    """``tb`` without autofork's frames (see without_internal_frames); ``tail``: also
+    those at its end, if a frame of the program comes before them."""
     entries = []
     while tb is not None:
         entries.append(tb)
         tb = tb.tb_next
     ours = [e.tb_frame.f_code.co_filename.startswith(_PACKAGE) for e in entries]
+    if tail and not all(ours):
+        ours.append(False)  # as if the program's code came next
     kept: list[TracebackType] = []
     dropped = False   # autofork frames were dropped since the last kept entry
     for index, entry in enumerate(entries):
