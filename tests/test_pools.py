@@ -260,3 +260,31 @@ def test_a_failing_call_the_caller_runs_shows_the_functions_own_frames(tmp_path)
     # the function's frames, as sequentially; none of the pool's between the call and them
     assert 'line 8, in check\n    raise ValueError' in result.stderr, result.stderr
     assert "run_captured" not in result.stderr and "_run_copy" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_call_whose_arguments_cannot_be_rebuilt_fails_in_the_caller_too(tmp_path):
+    """Pickled at the fork, the arguments cannot be unpickled: the call fails as in a
+    worker, also when the caller runs it (before, the error escaped the claimed call,
+    which stayed running, and exit waited for it for ever)."""
+    result = run_script(tmp_path, """
+        from autofork import implicit_fork
+
+        def broken():
+            raise RuntimeError("cannot be rebuilt")
+
+        class Odd:
+            def __reduce__(self):
+                return (broken, ())
+
+        @implicit_fork
+        def use(x):
+            return 1
+
+        try:
+            print(use(Odd()))
+        except RuntimeError as error:
+            print("error:", error)
+    """, module=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "error: cannot be rebuilt\n"

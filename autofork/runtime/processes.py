@@ -381,9 +381,13 @@ class ProcessPool:
             _run_chunk_here(task, entry[2])  # type: ignore[arg-type]
         else:
             task.fn = fn = for_workers(_split_method(task)[0])
-            args, kwargs = pickle.loads(entry[2])
             task.output = captured = None if task.seq < 0 else []
-            ok, outcome = _run_copy(fn, args, kwargs, captured)
+            try:
+                args, kwargs = pickle.loads(entry[2])
+            except BaseException as exc:  # noqa: BLE001 - as a worker that cannot load it
+                ok, outcome = False, Failure.local(exc, skip=0)
+            else:
+                ok, outcome = _run_copy(fn, args, kwargs, captured)
             if ok:
                 task.set_result(outcome)
             else:
@@ -817,7 +821,13 @@ def _run_chunk_here(chunk: Chunk, call: bytes) -> None:
     """Run a claimed chunk's calls in this thread (their arguments are in ``call``)."""
     outcomes: list = []
     written: list = []
-    for item, (args, kwargs) in zip(chunk.items, pickle.loads(call)):
+    try:
+        calls = pickle.loads(call)
+    except BaseException as exc:  # noqa: BLE001 - every call of it fails, none hangs
+        failure = Failure.local(exc, skip=0)
+        chunk.set_outcomes([(False, failure)] * len(chunk.items))
+        return
+    for item, (args, kwargs) in zip(chunk.items, calls):
         captured: Optional[list] = None if item.seq < 0 else []
         outcomes.append(_run_copy(chunk.fn, args, kwargs, captured))
         written.append(captured or None)
