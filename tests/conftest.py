@@ -28,6 +28,29 @@ def _private_cache_home(tmp_path_factory: pytest.TempPathFactory):
         os.environ["XDG_CACHE_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _autofork_imported():
+    """Import autofork's modules once, here, in the main thread.
+
+    The suite runs under typeguard, whose loader patches the process-wide
+    ``importlib._bootstrap_external.cache_from_source`` while it executes an instrumented
+    (autofork) module.  autofork imports some modules lazily in its pool threads; a test
+    that meanwhile computes a module spec's ``cached`` path in the main thread got
+    typeguard's pyc name (``...cpython-311.opt-typeguard461.pyc``).  Imported up front,
+    nothing of autofork is imported by a background thread later."""
+    import importlib
+    import pkgutil
+
+    import autofork
+    import autofork.runtime
+
+    for package in (autofork, autofork.runtime):
+        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            # (not enable: importing it turns the hook on)
+            if info.name.rsplit(".", 1)[-1] not in ("__main__", "enable", "_ipython", "dask_backend"):
+                importlib.import_module(info.name)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_engine():
     """Each test module starts with default settings and closes its pools at the end."""
