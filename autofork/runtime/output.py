@@ -434,51 +434,13 @@ def _module_of(filename: str) -> Any:
 _captured: list = []
 
 
-class _Capture:
-    """A worker's ``sys.stdout``/``sys.stderr``: writes, of text or of bytes to its
-    ``buffer``, go to the call's list.  Anything else is the worker's real stream's: its
-    ``fileno()`` is the caller's terminal or pipe, inherited, so a subprocess given
-    ``stdout=sys.stdout`` writes there directly (not ordered, as raw fd writes never are)."""
+class _Sink:
+    """What a worker's captured streams share: writes of ``_kind`` go to the call's list."""
 
-    encoding = "utf-8"
-    errors = "strict"
-
-    def __init__(self, which: int) -> None:
-        self._which = which
-        self.buffer = _BytesCapture(_OUT_BYTES if which == _OUT else _ERR_BYTES)
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        _captured.append((self._which, text))
-        return len(text)
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(sys.__stdout__ if self._which == _OUT else sys.__stderr__, name)
-
-
-class _BytesCapture:
-    """A worker's ``sys.stdout.buffer``: bytes written go to the call's list."""
-
-    def __init__(self, which: int) -> None:
-        self._which = which
+    _kind = _OUT
 
     def write(self, data: Any) -> int:
-        data = bytes(data)  # a bytearray or memoryview may change after the call
-        _captured.append((self._which, data))
+        _captured.append((self._kind, data))
         return len(data)
 
     def writelines(self, lines: Any) -> None:
@@ -488,11 +450,43 @@ class _BytesCapture:
     def flush(self) -> None:
         pass
 
+    def isatty(self) -> bool:
+        return False
+
     def writable(self) -> bool:
         return True
 
-    def isatty(self) -> bool:
-        return False
+
+class _Capture(_Sink):
+    """A worker's ``sys.stdout``/``sys.stderr``: writes, of text or of bytes to its
+    ``buffer``, go to the call's list.  Anything else is the worker's real stream's: its
+    ``fileno()`` is the caller's terminal or pipe, inherited, so a subprocess given
+    ``stdout=sys.stdout`` writes there directly (not ordered, as raw fd writes never are)."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, which: int) -> None:
+        self._kind = which
+        self.buffer = _BytesCapture(_OUT_BYTES if which == _OUT else _ERR_BYTES)
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        return super().write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.__stdout__ if self._kind == _OUT else sys.__stderr__, name)
+
+
+class _BytesCapture(_Sink):
+    """A worker's ``sys.stdout.buffer``: bytes written go to the call's list."""
+
+    def __init__(self, which: int) -> None:
+        self._kind = which
+
+    def write(self, data: Any) -> int:
+        return super().write(bytes(data))  # a bytearray or memoryview may change later
 
 
 class _Records(logging.Handler):
