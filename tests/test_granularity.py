@@ -409,12 +409,13 @@ def phase(k):
 
 def test_a_function_forks_again_when_its_calls_overlap_again():
     _workers_ready()
-    chained = [evaluate(implicit.fork(phase, k))[1] for k in range(100)]  # a chain first:
-    # each value used at once; its calls end up in the caller (but a probe in 8 or more)
-    # Only a chain runs here (the workers are ready).  Not all of them: a probe comes
-    # every 8 calls of 3 ms, and on a busy machine a descheduled caller finds the probe
-    # done before it waits for it, which reads as overlap and costs 8 forked calls.
-    assert chained[-50:].count(os.getpid()) >= 20
+    for k in range(100):  # first a chain: each value used at once
+        evaluate(implicit.fork(phase, k))
+    # Learning it is the chain tests' business (and timing-bound on a busy machine, where
+    # a descheduled caller finds a probe done before it waits): here, start from a chain.
+    known = granularity._functions[phase]
+    if not known.serial:
+        granularity._go_serial(phase, known)
     results = []
     for k in range(60):  # then independent calls: a probe comes within 20 ms of them
         results.append(implicit.fork(phase, k))
