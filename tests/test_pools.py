@@ -288,3 +288,30 @@ def test_a_call_whose_arguments_cannot_be_rebuilt_fails_in_the_caller_too(tmp_pa
     """, module=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "error: cannot be rebuilt\n"
+
+
+@pytest.mark.timeout(60)
+def test_the_templates_answer_to_preload_counts_however_often_it_is_asked():
+    """The dispatcher asks whether the template answered before and after it marks itself
+    asleep; the answer is read from the socket once.  Asking again after it was read said
+    "not yet", and the dispatcher slept for good: a cold run of a recursive script hung in
+    about one run of five, with no worker ever started."""
+    import select
+    import sys
+
+    from autofork.runtime.processes import ProcessPool
+    from autofork.runtime.template import Template
+
+    pool = ProcessPool(1)
+    template = Template(list(sys.path))
+    try:
+        template.preload([])
+        assert select.select([template], [], [], 30)[0], "the template never answered"
+        pool._template = template
+        assert pool._template_answered()  # reads the answer
+        assert pool._template_answered()  # and still knows it
+        assert not template.broken
+    finally:
+        template.close()
+        pool._template = None
+        pool.close()

@@ -537,8 +537,8 @@ class ProcessPool:
         import select
 
         template = self._template
-        if template is None or template.broken:
-            return True
+        if template is None or template.broken or template.answered:
+            return True  # (asked again by _wait_until after the answer was read: a hang)
         if not select.select([template], [], [], 0)[0]:
             return False
         template.preloaded()

@@ -118,6 +118,7 @@ class Template:
         theirs.close()
         self._socket = ours
         self.broken = False
+        self.answered = False  # it answered preload (the answer is read once, by preloaded)
 
     def preload(self, names: list[str]) -> None:
         """Ask the template to import ``names`` before it forks workers; it answers when
@@ -134,6 +135,7 @@ class Template:
             answer = self._socket.recv(_PID.size)
         except OSError:
             answer = b""
+        self.answered = True
         if answer != _READY:
             self.broken = True
             log.warning("autofork: the template process ended before it could fork workers "
