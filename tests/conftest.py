@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A suite started in the background by a shell without job control (`cmd &` in a script,
+# nohup) inherits SIGINT ignored, and so would every program the tests start: Python then
+# installs no KeyboardInterrupt handler, and the Ctrl-C tests fail.  A program started
+# from a terminal never has it ignored: give the tests' programs the terminal's setting.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
