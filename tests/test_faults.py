@@ -63,7 +63,7 @@ def _alive(pid: int) -> bool:
     try:  # a zombie is dead for our purposes
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone since os.kill (ESRCH on read)
         return False
 
 
