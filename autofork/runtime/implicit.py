@@ -177,8 +177,14 @@ def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]
                 if later.state == DONE and later.failure is not None:
                     later.mark_observed()
                     failed.append((2 * later_position + 1, later.failure.exception(), later.seq))
+                elif later.state != DONE:  # its failure, if any, is this block's: not lost
+                    later.add_done_callback(_observe)
             break
     return failed
+
+
+def _observe(task: Any) -> None:
+    task.mark_observed()
 
 
 def _raise_first(failed: list[tuple[int, BaseException, int]]) -> None:
