@@ -36,6 +36,32 @@ def test_the_first_call_runs_in_the_caller_while_no_worker_is_ready(tmp_path):
     assert result.stdout == "True\nforked later\n"
 
 
+def test_a_call_the_caller_runs_holds_a_core_the_workers_do_not_get(tmp_path):
+    # Two workers: while the caller runs the first call itself, one worker gets calls,
+    # not two; three calls at once on two cores make a coarse job end later.
+    result = run_script(tmp_path, """
+        import os, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def span(k):
+            began = time.monotonic()
+            time.sleep(0.6 if k == 0 else 0.15)
+            return (os.getpid(), began, time.monotonic())
+
+        spans = [span(k) for k in range(6)]
+        caller = spans[0][0] == os.getpid()  # no worker was ready at the first call
+        moments = sorted(t for _, began, end in spans for t in (began, end))
+        most = max(sum(1 for _, began, end in spans if began <= t < end) for t in moments)
+        print(caller, most, len({pid for pid, _, _ in spans}))
+    """, module=True, options=("--workers", "2"))
+    assert result.returncode == 0, result.stderr
+    caller, most, pids = result.stdout.split()
+    assert caller == "True", result.stdout
+    assert int(most) <= 2, result.stdout  # never three calls at once
+    assert int(pids) >= 2, result.stdout  # and the workers did run calls meanwhile
+
+
 def _parent_of_worker() -> int:
     return os.getppid()
 

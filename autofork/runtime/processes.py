@@ -169,6 +169,27 @@ def _spawn(child_end: int, shm_fd: int, path: list[str]) -> subprocess.Popen:
     )
 
 
+# The GIL's switch interval while the caller runs a call and workers start (see steal);
+# Python's default is 5 ms.
+_STARTING_SWITCH_INTERVAL = 0.0005
+
+
+def _import_for_workers() -> None:
+    """Import what starting and talking to workers needs, before the first call.
+
+    Done later, while the program's thread runs a call itself (``steal``), each file an
+    import reads releases the GIL, and taking it back from a thread that computes costs
+    a switch interval (5 ms): importing these took 0.6 s there, and the workers started
+    that much later.
+    """
+    import mmap  # noqa: F401
+    import select  # noqa: F401
+    import socket  # noqa: F401
+    from multiprocessing import connection  # noqa: F401
+
+    from . import worker  # noqa: F401  (SLOT)
+
+
 def _socketpair() -> tuple[int, int]:
     import socket
 
@@ -282,6 +303,8 @@ class ProcessPool:
         # The queue entries of calls made while no worker was ready, by id of their task:
         # a thread that waits for one may run it itself (steal).
         self._early: dict[int, tuple] = {}
+        self._stealing = 0  # calls running in the caller's threads (steal): each is a core
+        self._interval = 0.005  # the GIL's switch interval before they began
 
     # -- the caller's side ---------------------------------------------------------
 
@@ -342,7 +365,7 @@ class ProcessPool:
             if not self._sleeping or self._closing:
                 return False
             for worker in self._workers.values():
-                if not worker.batches and worker.ready:
+                if not worker.batches and self._room(worker):
                     return self._send_batch(worker) and not self._queue
         return False
 
@@ -376,25 +399,50 @@ class ProcessPool:
             return False  # the dispatcher skips a claimed entry of the queue
         self._early.pop(id(task), None)
         began = time.perf_counter()
-        if type(task) is Chunk:
-            task.fn = for_workers(task.fn)
-            _run_chunk_here(task, entry[2])  # type: ignore[arg-type]
-        else:
-            task.fn = fn = for_workers(_split_method(task)[0])
-            task.output = captured = None if task.seq < 0 else []
-            try:
-                args, kwargs = pickle.loads(entry[2])
-            except BaseException as exc:  # noqa: BLE001 - as a worker that cannot load it
-                ok, outcome = False, Failure.local(exc, skip=0)
-            else:
-                ok, outcome = _run_copy(fn, args, kwargs, captured)
-            if ok:
-                task.set_result(outcome)
-            else:
-                task.set_failure(outcome)
+        self._stole(+1)
+        try:
+            self._run_stolen(task, entry[2])
+        finally:
+            self._stole(-1)
+            if self._sleeping and not self._closing:  # a worker may get a call now
+                self._sleeping = False
+                os.write(self._wake_w, b"\0")
         if stats.active:
             stats.ran_here(task, time.perf_counter() - began, "starting")
         return True
+
+    def _stole(self, change: int) -> None:
+        """Count the calls the caller's threads run (a worker gets a call only while a
+        core is free: ``_room``).  The dispatcher starts the workers meanwhile: each of
+        its system calls gives up the GIL, and it waits a switch interval to take it back
+        from a computing thread, so the interval is short while they do."""
+        with self._lock:
+            self._stealing += change
+            if change > 0 and self._stealing == 1:
+                self._interval = sys.getswitchinterval()
+                if self._ready < self.size:
+                    sys.setswitchinterval(min(self._interval, _STARTING_SWITCH_INTERVAL))
+            elif self._stealing == 0:
+                sys.setswitchinterval(self._interval)
+
+    @staticmethod
+    def _run_stolen(task: Task, call: bytes) -> None:
+        if type(task) is Chunk:
+            task.fn = for_workers(task.fn)
+            _run_chunk_here(task, call)  # type: ignore[arg-type]
+            return
+        task.fn = fn = for_workers(_split_method(task)[0])
+        task.output = captured = None if task.seq < 0 else []
+        try:
+            args, kwargs = pickle.loads(call)
+        except BaseException as exc:  # noqa: BLE001 - as a worker that cannot load it
+            ok, outcome = False, Failure.local(exc, skip=0)
+        else:
+            ok, outcome = _run_copy(fn, args, kwargs, captured)
+        if ok:
+            task.set_result(outcome)
+        else:
+            task.set_failure(outcome)
 
     def mean_seconds(self, fn: Callable[..., Any]) -> Optional[float]:
         """The measured mean run time of one call of ``fn`` in a worker, if known."""
@@ -494,6 +542,7 @@ class ProcessPool:
                 self._template = Template(path)
                 self._started_any = True
             log.debug("template process %d started", self._template.process.pid)
+            _import_for_workers()
             # Fork the workers at the first call, not before: the modules the program has
             # imported by then are imported in the template first (its preload).
             if not self._wait_until(lambda: bool(self._queue or self._wanted)):
@@ -501,6 +550,8 @@ class ProcessPool:
             self._template.preload(preload_names())
             if not self._wait_until(self._template_answered):
                 return  # nor wait for the template to start or to import
+        else:
+            _import_for_workers()
         for _ in range(self.size):
             with self._start_lock:
                 if self._closing and self._nothing_to_send():
@@ -576,6 +627,11 @@ class ProcessPool:
     def _room(self, worker: _Worker) -> bool:
         if not worker.ready:
             return False  # until then a waiting caller may still run a call itself
+        if not worker.batches and self._stealing:
+            # A call the caller runs itself holds a core: one more worker would compete
+            # with it and with the others (a coarse job then ends later, not sooner).
+            working = sum(1 for other in self._workers.values() if other.batches)
+            return working + self._stealing < self.size
         # A second batch in flight hides the round trip for short calls; only when there
         # is work for every worker, else one worker would hold what another could run.
         if not worker.batches:
