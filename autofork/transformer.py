@@ -1471,6 +1471,21 @@ class _Collection:
 
 
 @dataclasses.dataclass
+class _Named:
+    """A statement that binds names to a value: ``a = b = value``, ``a op= value``,
+    ``a: T = value`` (see ``_Rewinds``)."""
+
+    node: cst.CSTNode                 # the Assign, AugAssign or AnnAssign
+    names: tuple[str, ...]
+    value: cst.BaseExpression
+    scope: Scope
+    region: _Region
+    loop: Optional[cst.CSTNode]       # the outermost loop of its region around it
+    top: int                          # the index of its region's statement that holds it
+    path: tuple[cst.CSTNode, ...]     # from the module to ``node``
+
+
+@dataclasses.dataclass
 class _Argument:
     """A (non-starred) argument of a call."""
 
@@ -1495,12 +1510,19 @@ class _FlowRecorder(_CallRecorder):
         # for each ``name = value`` and each ``name op= value``:
         self.bound: list[tuple[Scope, str, cst.BaseExpression, Scope]] = []
         self.augmented: list[tuple[Scope, str, cst.BaseExpression, Scope]] = []
+        self.named: list[_Named] = []
         self.comp_depth = 0
         # (statement, scope, path) of each try with handlers and each with statement.
         self.catchers: list[tuple[Union[cst.Try, cst.TryStar, cst.With], Scope,
                                   tuple[cst.CSTNode, ...]]] = []
         self.handlers.update({c.ListComp: self._v_comp, c.SetComp: self._v_comp,
-                              c.DictComp: self._v_comp})
+                              c.DictComp: self._v_comp, c.AnnAssign: self._v_ann_assign})
+
+    def _named(self, node: cst.CSTNode, names: tuple[str, ...], value: cst.BaseExpression) -> None:
+        region = self.region
+        self.named.append(_Named(node, names, value, self.scope, region,
+                                 region.loops[0] if region.loops else None, region.top,
+                                 tuple(self.path)))
 
     def _store(self, kind: str, node: cst.CSTNode, receiver: Optional[cst.BaseExpression],
                values: tuple[cst.BaseExpression, ...], below: tuple[cst.CSTNode, ...] = (),
@@ -1533,6 +1555,8 @@ class _FlowRecorder(_CallRecorder):
 
     def _v_assign(self, node: cst.Assign) -> None:
         c = _cst
+        if all(isinstance(target.target, c.Name) for target in node.targets):
+            self._named(node, tuple(cast("cst.Name", t.target).value for t in node.targets), node.value)
         for target in node.targets:
             if isinstance(target.target, c.Subscript):
                 self._store("subscript", node, target.target.value, (node.value,),
@@ -1550,9 +1574,16 @@ class _FlowRecorder(_CallRecorder):
                         _operator_text(value.operator))
         super()._v_assign(node)
 
+    def _v_ann_assign(self, node: cst.AnnAssign) -> None:
+        if isinstance(node.target, _cst.Name) and node.value is not None:
+            self._named(node, (node.target.value,), node.value)
+        super()._v_ann_assign(node)
+
     def _v_aug_assign(self, node: cst.AugAssign) -> None:
         c = _cst
         target = node.target
+        if isinstance(target, c.Name):
+            self._named(node, (target.value,), node.value)
         if isinstance(target, (c.Name, c.Attribute)):
             self._store("aug", node, target, (node.value,), (node.value,))
         if isinstance(target, c.Name):
@@ -1665,7 +1696,9 @@ class _Plan:
     first argument or None), the expression becoming ``owner.method([first, ]expression)``;
     ``folds``: id(AugAssign or Assign) -> (joiner, operator, accumulator); ``thens``:
     id(call) -> joiner.  ``_Catchers`` adds ``settles``: id(try or with statement) -> the
-    names to settle just before it.
+    names to settle just before it.  ``_Rewinds`` adds ``binds``: id(Assign, AugAssign or
+    AnnAssign) -> (joiner, the names it binds); ``rewinds``: joiner -> the names its
+    ``finally`` rebinds after a failure.
     """
 
     def __init__(self, walk: _CallRecorder, runtime_alias: Optional[str]) -> None:
@@ -1683,6 +1716,8 @@ class _Plan:
         self.folds: dict[int, tuple[str, str, str]] = {}
         self.thens: dict[int, str] = {}
         self.settles: dict[int, tuple[str, ...]] = {}
+        self.binds: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self.rewinds: dict[str, list[str]] = {}
 
     def decide(self, plain: Callable[[list[Binding]], bool] = lambda bindings: False) -> bool:
         """Choose the rewrites; True when there is anything to change.
@@ -2073,6 +2108,57 @@ class _Catchers:
         return False
 
 
+class _Rewinds:
+    """Names bound from forks in a ``try`` or ``with`` body, as the sequential program left
+    them when a call failed (SPEC 4b).
+
+    Sequentially a failing call raises before its value is bound, and nothing after it
+    runs.  Its fork fails later, at the end of the body's (or its loop's) ``Joiner``,
+    when ``r = f(3)`` has long bound ``r`` to the failed proxy and later calls have
+    bound their names too; the ``except`` clauses, the ``finally`` and the code after a
+    context manager that suppressed it would see those names.  So in such a block each
+    ``name = value`` whose value may carry a fork becomes ``name = j.bind("name",
+    value)`` (the Joiner keeps what the name held), and the joiner's ``with`` is wrapped
+    in a ``try`` whose ``finally`` gives each name back the value it held before the
+    first binding made after the failing call (or unbinds it): before any clause or
+    manager sees the exception, also one further out in the same function.
+
+    Only in try and with bodies: elsewhere the exception leaves the function (a module
+    body's names outlive it only in IPython, and are not rebound).
+    """
+
+    def __init__(self, plan: _Plan, walk: _FlowRecorder, flow: _Flow) -> None:
+        self.plan = plan
+        self.walk = walk
+        self.flow = flow
+
+    def decide(self) -> bool:
+        plan = self.plan
+        for named in self.walk.named:
+            if id(named.node) in plan.folds:
+                continue   # a reduction keeps its own value (Folds)
+            joiner = self._joiner(named)
+            if joiner is None or not self.flow.carries(named.value, named.scope):
+                continue
+            plan.binds[id(named.node)] = (joiner, named.names)
+            names = plan.rewinds.setdefault(joiner, [])
+            names.extend(name for name in named.names if name not in names)
+            plan.dirty.update(map(id, named.path))
+        return bool(plan.binds)
+
+    def _joiner(self, named: _Named) -> Optional[str]:
+        """The joiner whose block holds ``named``, if it is a try or with body's."""
+        region, loop, plan = named.region, named.loop, self.plan
+        if region.kind not in ("try", "with"):
+            return None
+        if loop is not None and id(loop) in plan.loop_joiners:
+            return plan.loop_joiners[id(loop)]
+        start = region.rest_start
+        if region.rest_joiner is not None and start is not None and named.top >= start:
+            return region.rest_joiner
+        return None
+
+
 def _result_parts(expression: cst.BaseExpression) -> list[cst.BaseExpression]:
     c = _cst
     if isinstance(expression, c.IfExp):
@@ -2138,6 +2224,7 @@ class _Rewriter:
             c.Call: self._call, c.Name: self._name, c.IndentedBlock: self._block,
             c.Module: self._module, c.SimpleStatementSuite: self._suite,
             c.AugAssign: self._aug_assign, c.Assign: self._assign,
+            c.AnnAssign: self._ann_assign,
         }
 
     def rebuild(self, node: Any) -> Any:
@@ -2187,7 +2274,7 @@ class _Rewriter:
         """``acc op= v`` -> ``acc = j.fold(acc, "op=", v)`` (a reduction step)."""
         fold = self.a.folds.get(id(original))
         if fold is None:
-            return new
+            return self._bind(original, new)
         c = _cst
         joiner, op, acc = fold
         value = self._invoke(joiner, "fold", c.Name(acc), c.SimpleString(repr(op)), new.value)
@@ -2198,11 +2285,25 @@ class _Rewriter:
         """``acc = acc op v`` -> ``acc = j.fold(acc, "op", v)`` (a reduction step)."""
         fold = self.a.folds.get(id(original))
         if fold is None:
-            return new
+            return self._bind(original, new)
         joiner, op, acc = fold
         return new.with_changes(value=self._invoke(joiner, "fold", _cst.Name(acc),
                                                    _cst.SimpleString(repr(op)),
                                                    cast("cst.BinaryOperation", new.value).right))
+
+    def _ann_assign(self, original: cst.AnnAssign, new: cst.AnnAssign) -> cst.AnnAssign:
+        return self._bind(original, new)
+
+    def _bind(self, original: Any, new: Any) -> Any:
+        """``r = v`` -> ``r = j.bind('r', v)`` (``_Rewinds``); ``a = b = v`` binds both."""
+        bind = self.a.binds.get(id(original))
+        if bind is None:
+            return new
+        joiner, names = bind
+        value = new.value
+        for name in reversed(names):
+            value = self._invoke(joiner, "bind", _cst.SimpleString(repr(name)), value)
+        return new.with_changes(value=value)
 
     def _attr(self, owner: str, attr: str) -> cst.Attribute:
         c = _cst
@@ -2240,7 +2341,24 @@ class _Rewriter:
         stmts = [stmts[0].with_changes(leading_lines=()), *stmts[1:]]
         item = c.WithItem(item=c.Call(func=self._attr(self.names.runtime, "Joiner")),
                           asname=c.AsName(name=c.Name(self.names.rename(joiner))))
+        names = self.a.rewinds.get(joiner)
+        if names:
+            return self._rewinding(joiner, names, c.With(items=(item,), body=c.IndentedBlock(body=stmts)),
+                                   leading)
         return c.With(items=(item,), body=c.IndentedBlock(body=stmts), leading_lines=leading)
+
+    def _rewinding(self, joiner: str, names: list[str], with_: cst.With, leading: Any) -> cst.Try:
+        """``try: <with_> finally: <each name as before a failed call>`` (``_Rewinds``)."""
+        c = _cst
+        j = self.names.rename(joiner)
+        lines = []
+        for name in names:
+            lines.append(c.parse_statement(f"if {j}.rebinds({name!r}): {name} = {j}.was({name!r})\n"))
+            lines.append(c.parse_statement(f"if {j}.unbinds({name!r}): del {name}\n"))
+        header = c.TrailingWhitespace(whitespace=c.SimpleWhitespace("  "), comment=c.Comment(_REWIND_NOTE))
+        return c.Try(body=c.IndentedBlock(body=(with_,), header=header), handlers=(),
+                     finalbody=c.Finally(body=c.IndentedBlock(body=lines, header=header)),
+                     leading_lines=leading)
 
     def _wrap_body(self, original: Any, body: list[Any]) -> list[Any]:
         groups: list[list[Any]] = []   # what each statement of ``original`` became
@@ -2470,6 +2588,7 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     flow = _Flow(plan, walk)
     decided = flow.decide() or decided
     decided = _Catchers(plan, walk, flow).decide() or decided
+    decided = _Rewinds(plan, walk, flow).decide() or decided
     if not decided and not effects and not labelled:
         return source
     warnings = _generator_warnings(scopes, source, labelled)
@@ -2669,8 +2788,11 @@ def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int,
     return lines, columns
 
 
+_REWIND_NOTE = "# autofork: names as before a call that failed"
 _JOINER_LINE = re.compile(r"\s*(?:with _autofork_\w+\.Joiner\(\) as _autofork_\w+:"
-                          r"|_autofork_\w+\.settle_names\([^()]*\))\s*")
+                          r"|_autofork_\w+\.settle_names\([^()]*\)"
+                          r"|(?:try|finally):  # autofork: names as before a call that failed"
+                          r"|if _autofork_\w+\.(?:rebinds|unbinds)\(.*)\s*")
 
 
 def _replaced(new: Sequence[str], i1: int, i2: int, j1: int, j2: int) -> list[int]:

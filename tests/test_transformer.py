@@ -1470,7 +1470,8 @@ def three(cm):
 
 def test_try_value_is_joined_inside_the_body() -> None:
     """A value call in a try or with body is forked through the body's Joiner, which
-    finishes it before the body ends: the same except clause sees its exception."""
+    finishes it before the body ends: the same except clause sees its exception, and the
+    name it was bound to holds again what it held before (``bind``/``finally``)."""
     check(
         """\
 from autofork import implicit_fork
@@ -1499,13 +1500,21 @@ def work(x):
 
 def main(x):
     try:
-        with _autofork_rt.Joiner() as _autofork_j1:
-            r = _autofork_j1.fork(work, x)
+        try:  # autofork: names as before a call that failed
+            with _autofork_rt.Joiner() as _autofork_j1:
+                r = _autofork_j1.bind('r', _autofork_j1.fork(work, x))
+        finally:  # autofork: names as before a call that failed
+            if _autofork_j1.rebinds('r'): r = _autofork_j1.was('r')
+            if _autofork_j1.unbinds('r'): del r
     except ValueError:
         r = None
     with open(x) as fh:
-        with _autofork_rt.Joiner() as _autofork_j2:
-            data = _autofork_j2.fork(work, fh)
+        try:  # autofork: names as before a call that failed
+            with _autofork_rt.Joiner() as _autofork_j2:
+                data = _autofork_j2.bind('data', _autofork_j2.fork(work, fh))
+        finally:  # autofork: names as before a call that failed
+            if _autofork_j2.rebinds('data'): data = _autofork_j2.was('data')
+            if _autofork_j2.unbinds('data'): del data
     return r, data
 """,
     )
@@ -1633,9 +1642,13 @@ def main(items):
                 except ValueError:
                     pass
         try:
-            with _autofork_rt.Joiner() as _autofork_j4:
-                t = _autofork_j4.fork(work, 2)
-                print(_autofork_rt.unwrap(t))
+            try:  # autofork: names as before a call that failed
+                with _autofork_rt.Joiner() as _autofork_j4:
+                    t = _autofork_j4.bind('t', _autofork_j4.fork(work, 2))
+                    print(_autofork_rt.unwrap(t))
+            finally:  # autofork: names as before a call that failed
+                if _autofork_j4.rebinds('t'): t = _autofork_j4.was('t')
+                if _autofork_j4.unbinds('t'): del t
         except ValueError:
             pass
 """,

@@ -135,7 +135,7 @@ class Failure:
     and no frame of the worker keeps memory alive).
     """
 
-    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb")
+    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb", "raised")
 
     def __init__(self, payload: bytes, frames: list[Frame], site: Frame | None = None,
                  cause: tuple[bool, Failure] | None = None) -> None:
@@ -147,6 +147,10 @@ class Failure:
         self.cause = cause
         self._local: BaseException | None = None
         self._local_tb: TracebackType | None = None
+        # Raised in the caller where the program stopped (a join), or never seen by
+        # anybody (``NeverMade``): a lazy operation that inherited it, dropped with the
+        # names after that failure, is not reported at exit as a failure nobody saw.
+        self.raised = False
 
     @classmethod
     def capture(cls, exc: BaseException, skip: int = 1) -> Failure:

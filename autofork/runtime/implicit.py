@@ -16,14 +16,29 @@ The transformer inserts ``from autofork.runtime import implicit as _autofork_rt`
     xs = _autofork_rt.settle([_autofork_rt.fork(f, i) for i in y])
     _autofork_rt.settle_names('x')               # before a try/with whose body reads x
 
+In a ``try`` or ``with`` body, a name bound from a fork is remembered, so that a failure
+leaves it as the sequential program left it (the assignment of a failing call, and every
+one after it, never happened)::
+
+    try:  # autofork: names as before a call that failed
+        with _autofork_rt.Joiner() as _autofork_j1:
+            r = _autofork_j1.bind('r', _autofork_j1.fork(f, b))     # was: r = f(b)
+    finally:  # autofork: names as before a call that failed
+        if _autofork_j1.rebinds('r'): r = _autofork_j1.was('r')
+        if _autofork_j1.unbinds('r'): del r
+
 A Joiner keeps sequential meaning: when its block ends, every call forked through it has
 finished, its reductions are applied in call order, the first failure in call order is
 raised there, as it would have been raised sequentially (a note counts the others), and
-the containers registered with ``into`` hold values in place of proxies.
+the containers registered with ``into`` hold values in place of proxies.  When it raises
+a failure, the entries those containers got from that call and from the calls after it
+are taken out again (``settle.trim``), and ``rebinds``/``was``/``unbinds`` tell the
+rewritten code what each name ``bind`` saw must hold again.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Literal, Optional
 
 from . import config, engine
@@ -31,7 +46,7 @@ from .errors import add_note
 from .folds import Folds
 from .granularity import UNSCANNED, call, running_inline, running_serial
 from .proxy import ResultProxy, unwrap
-from .settle import settle, settle_names
+from .settle import settle, settle_names, trim
 from .task import DONE, stopped_at
 
 __all__ = ["fork", "fork_recursive", "Joiner", "unwrap", "settle", "settle_names"]
@@ -73,13 +88,17 @@ class Joiner:
     containers registered with ``into`` hold values instead of proxies (``settle``).
     """
 
-    __slots__ = ("_tasks", "_count", "_containers", "_folds")
+    __slots__ = ("_tasks", "_count", "_containers", "_folds", "_bound", "_rewind")
 
     def __init__(self) -> None:
         self._tasks: list[tuple[int, Any]] = []  # (position in call order, task)
         self._count = 0
         self._containers: Optional[dict[int, Any]] = None
         self._folds: Optional[Folds] = None
+        # (forks made before it, name, what the name held) of each ``bind``; after a
+        # failure, {name: what it must hold again (_UNBOUND: nothing)}.
+        self._bound: Optional[list[tuple[int, str, Any]]] = None
+        self._rewind: Optional[dict[str, Any]] = None
 
     def __enter__(self) -> "Joiner":
         return self
@@ -131,6 +150,44 @@ class Joiner:
         """``method(value)`` (``acc.update(v)``) applied in call order."""
         self._reductions().then(method, value, self._count)
 
+    def bind(self, name: str, value: Any) -> Any:
+        """``value``, about to be bound to the caller's ``name`` in the block: what the
+        name holds now is kept, for a failure of a call made before the binding."""
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = []
+        elif len(bound) >= _PRUNE_AT and self._folds is None:
+            low = self._earliest_failure()
+            if bound[0][0] <= low:   # keep memory flat: no failure can come before low
+                bound[:] = [entry for entry in bound if entry[0] > low]
+        bound.append((self._count, name, _lookup(sys._getframe(1), name)))
+        return value
+
+    def _earliest_failure(self) -> int:
+        for position, task in self._tasks:
+            if task.state != DONE or task.failure is not None:
+                return position
+        return self._count
+
+    def rebinds(self, name: str) -> bool:
+        """After the block raised a failure: whether ``name`` must hold ``was(name)``."""
+        rewind = self._rewind
+        return rewind is not None and rewind.get(name, _UNBOUND) is not _UNBOUND
+
+    def was(self, name: str) -> Any:
+        """What ``name`` held before the failing call's binding (``rebinds`` said so)."""
+        assert self._rewind is not None
+        return self._rewind.pop(name)
+
+    def unbinds(self, name: str) -> bool:
+        """After the block raised a failure: whether ``name``, unbound before the failing
+        call's binding and bound now, must be deleted."""
+        rewind = self._rewind
+        if rewind is None or name not in rewind or rewind[name] is not _UNBOUND:
+            return False
+        del rewind[name]
+        return _lookup(sys._getframe(1), name) is not _UNBOUND
+
     def _reductions(self) -> Folds:
         folds = self._folds
         if folds is None:
@@ -149,13 +206,46 @@ class Joiner:
                 # After failed_at forks, before the next: between fork positions.
                 failed.append((2 * folds.failed_at, folds.failure, -1))
                 failed.sort(key=_first)
+        bound, self._bound = self._bound, None
         if failed:
+            if bound:
+                self._rewind = _rewind(bound, failed[0][0])
+            if self._containers and failed[0][2] >= 0:
+                for container in self._containers.values():
+                    trim(container, failed[0][2])
+                self._containers = None
             _raise_first(failed)
         if kind is None and self._containers:
             for container in self._containers.values():
                 settle(container)
         self._containers = None
         return False
+
+
+def _rewind(bound: list[tuple[int, str, Any]], failed_at: int) -> dict[str, Any]:
+    """{name: what it held before the first binding made after the failure}.
+
+    ``failed_at``: 2 * position + 1 of a failed fork, 2 * forks-before of a failed
+    reduction step; a binding after ``count`` forks came after it when 2 * count is more.
+    """
+    rewind: dict[str, Any] = {}
+    for count, name, held in bound:
+        if 2 * count > failed_at and name not in rewind:
+            rewind[name] = held
+    return rewind
+
+
+_UNBOUND: Any = object()
+_CO_OPTIMIZED = 0x1   # a function's frame: its locals are fast locals, not a dict
+
+
+def _lookup(frame: Any, name: str) -> Any:
+    """What ``name`` holds in ``frame`` as the rewritten code there sees it (_UNBOUND: nothing)."""
+    code = frame.f_code
+    if code.co_flags & _CO_OPTIMIZED and not (
+            name in code.co_varnames or name in code.co_cellvars or name in code.co_freevars):
+        return frame.f_globals.get(name, _UNBOUND)   # a global of a function
+    return frame.f_locals.get(name, _UNBOUND)  # module and class namespaces are dicts
 
 
 def _first(entry: tuple[int, Any, int]) -> int:
@@ -176,6 +266,7 @@ def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]
             for later_position, later in tasks[index:]:
                 if later.state == DONE and later.failure is not None:
                     later.mark_observed()
+                    later.failure.raised = True  # (see Failure.raised)
                     failed.append((2 * later_position + 1, later.failure.exception(), later.seq))
                 elif later.state != DONE:  # its failure, if any, is this block's: not lost
                     later.add_done_callback(_observe)

@@ -14,6 +14,10 @@ are settled in place and a ``tuple`` holding a proxy is replaced by a tuple of v
 its elements when they were stored).  The first failure met is raised, as evaluating that
 proxy would raise it; it is the first in container order.
 
+``trim`` is the reverse, after a failure raised at the end of a loop: the entries that
+came from the failing call and from the calls after it (which the sequential program
+never made) are taken out of the container, in place.
+
 ``settle_names`` is the same for the names of the caller's frame, just before a ``try`` or
 ``with`` that would otherwise catch a failure that escaped sequentially (SPEC 4b).
 """
@@ -26,7 +30,7 @@ from typing import Any, no_type_check
 
 from .proxy import ResultProxy, unwrap
 
-__all__ = ["settle", "settle_names"]
+__all__ = ["settle", "settle_names", "trim"]
 
 _DEPTH = 3
 
@@ -64,6 +68,41 @@ def settle_names(*names: str) -> None:
 
 
 _UNBOUND = object()
+
+
+@no_type_check
+def trim(container: Any, seq: int) -> None:
+    """Take out of ``container``, in place, each entry that holds the result of the fork
+    ``seq`` (its place in call order) or of a later one: an item of a list or set, a key
+    of a mapping (whose key or value holds one), also inside a tuple, list or dict entry,
+    ``_DEPTH`` levels down.  A mapping's key is removed, not given back an older value."""
+    if type(container) is ResultProxy or type(container) in _ATOMS:
+        return
+    if type(container) is list or (type(container) is not tuple and isinstance(container, MutableSequence)):
+        for index in reversed([i for i, item in enumerate(container) if _late(item, seq, _DEPTH)]):
+            del container[index]
+    elif isinstance(container, MutableMapping):
+        for key in [k for k, v in container.items()
+                    if _late(k, seq, _DEPTH) or _late(v, seq, _DEPTH)]:
+            del container[key]
+    elif isinstance(container, MutableSet):
+        for item in [item for item in container if _late(item, seq, _DEPTH)]:
+            container.discard(item)
+
+
+@no_type_check
+def _late(obj: Any, seq: int, depth: int) -> bool:
+    """Whether ``obj`` holds the result of the fork ``seq`` or of a later one."""
+    kind = type(obj)
+    if kind is ResultProxy:
+        return getattr(obj._autofork_task, "seq", -1) >= seq
+    if depth <= 1 or kind in _ATOMS:
+        return False
+    if kind is tuple or kind is list:
+        return any(_late(item, seq, depth - 1) for item in obj)
+    if kind is dict:
+        return any(_late(value, seq, depth - 1) for value in obj.values())
+    return False
 
 
 @no_type_check

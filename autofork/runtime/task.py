@@ -122,7 +122,7 @@ class Task:
         if failure.site is None:
             failure.site = self.site
         self.failure = failure
-        if not (self.caller_may_run and output.voided(self.seq)):  # see stopped_at
+        if not (failure.raised or self.caller_may_run and output.voided(self.seq)):  # see stopped_at
             _unobserved[id(self)] = self
         self._finish()
 
@@ -206,9 +206,11 @@ def stopped_at(seq: int) -> None:
     # its third ends now, not after the other 997, also at exit).
     for task in list(_live):
         if task.state == QUEUED and _never_made(task) and task.claim():
-            task.set_failure(Failure.local(NeverMade(
+            failure = Failure.local(NeverMade(
                 f"{task.name}() was called after a call whose failure was raised; the "
-                "sequential program never made this call, so it was not run"), skip=0))
+                "sequential program never made this call, so it was not run"), skip=0)
+            failure.raised = True
+            task.set_failure(failure)
 
 
 class NeverMade(Exception):
@@ -400,4 +402,5 @@ def live_tasks() -> list[Task]:
 
 def unobserved_failures() -> list[Task]:
     """Failed tasks whose failure nobody has seen yet, oldest first."""
-    return list(_unobserved.values())
+    return [task for task in list(_unobserved.values())
+            if not getattr(task.failure, "raised", False)]
