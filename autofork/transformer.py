@@ -40,7 +40,9 @@ does.  Regions are function bodies, the module body, ``try`` bodies and ``with``
 bodies, so an ``except`` clause or a context manager sees a fork's exception as it
 saw the sequential one.  A value-producing call inside a ``try``/``with`` body is
 forked through the body's ``Joiner`` too (``Joiner.fork`` returns its proxy), so its
-exception surfaces before the body ends, where the same clauses see it.  The reverse
+exception surfaces before the body ends, where the same clauses see it; a name bound
+from a fork there goes through the joiner's ``bind`` and a ``finally`` around the
+joiner's ``with`` gives it back what it held before the failing call (``_Rewinds``).  The reverse
 (``_Catchers``): a result forked *before* a ``try`` with handlers or a ``with``, not
 finished there and read in its body, is settled just before the statement
 (``rt.settle_names("r")`` on a line of its own), so that the block does not catch a

@@ -232,3 +232,168 @@ def test_a_failing_short_call_prints_the_sequential_traceback(tmp_path: Path) ->
     ''')
     assert plain.returncode == forked.returncode == 1
     assert traceback_text(forked.stderr) == traceback_text(plain.stderr)
+
+
+# ------------------- names and containers after a failure caught in the same frame (SPEC 4b)
+
+
+REBIND = textwrap.dedent('''
+    import contextlib, time
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def f(x):
+        time.sleep(0.01 * (6 - x))   # the later calls finish first
+        if x == 3:
+            raise ValueError(x)
+        return x * 2
+
+''')
+
+
+@pytest.mark.timeout(60)
+def test_module_names_bound_in_a_try_hold_what_they_held_before_the_failing_call(tmp_path: Path) -> None:
+    """Sequentially ``r = f(3)`` never binds ``r``, and nothing after the failing call of
+    a loop runs: after the handler, each name holds what it held then (or is unbound)."""
+    plain, forked = both(tmp_path, REBIND + textwrap.dedent('''
+        r = 0
+        try:
+            r = f(3)
+        except ValueError:
+            pass
+        print("before:", r)
+
+        try:
+            q = f(3)
+        except ValueError:
+            print("unbound:", "q" not in globals())
+
+        last = doubled = None
+        try:
+            for i in range(6):
+                last = f(i)
+                doubled = last * 2
+        except ValueError as e:
+            print("in the handler:", last, doubled, e)
+        print("loop:", last, doubled)
+
+        n: int = -1
+        try:
+            n: int = f(3)
+        except ValueError:
+            pass
+        print("annotated:", n)
+    '''))
+    assert (plain.returncode, plain.stderr) == (0, "")
+    assert plain.stdout == ("before: 0\nunbound: True\nin the handler: 4 8 3\nloop: 4 8\n"
+                            "annotated: -1\n")
+    assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
+
+
+@pytest.mark.timeout(60)
+def test_locals_bound_in_a_try_hold_what_they_held_before_the_failing_call(tmp_path: Path) -> None:
+    """The same for a function's locals (unbound: ``UnboundLocalError``, as sequentially),
+    a name further out caught by an outer try, a finally, and a with whose context
+    manager suppresses the failure."""
+    plain, forked = both(tmp_path, REBIND + textwrap.dedent('''
+        def main():
+            r = 0
+            try:
+                r = f(3)
+            except ValueError:
+                pass
+            print("before:", r)
+            try:
+                q = f(3)
+            except ValueError:
+                pass
+            try:
+                print(q)
+            except NameError as e:
+                print("unbound:", type(e).__name__)
+            last = -1
+            try:
+                try:
+                    for i in range(6):
+                        last = f(i)
+                finally:
+                    print("finally:", last)
+            except ValueError:
+                print("outer:", last)
+            kept = "kept"
+            with contextlib.suppress(ValueError):
+                for i in range(6):
+                    kept = f(i) + 1
+            print("suppressed:", kept)
+
+        main()
+    '''))
+    assert (plain.returncode, plain.stderr) == (0, "")
+    assert plain.stdout == ("before: 0\nunbound: UnboundLocalError\nfinally: 4\nouter: 4\n"
+                            "suppressed: 5\n")
+    assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
+
+
+@pytest.mark.timeout(60)
+def test_a_try_in_a_function_called_from_a_loop_returns_the_sequential_value(tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, REBIND + textwrap.dedent('''
+        def safe(x, default):
+            r = default
+            try:
+                r = f(x)
+            except ValueError:
+                pass
+            return r
+
+        results = []
+        for i in range(6):
+            results.append(safe(i, "failed"))
+        print(results)
+        print([safe(i, None) for i in range(6)])
+    '''))
+    assert (plain.returncode, plain.stderr) == (0, "")
+    assert plain.stdout == "[0, 2, 4, 'failed', 8, 10]\n[0, 2, 4, None, 8, 10]\n"
+    assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_that_failed_in_a_try_keeps_only_what_came_before_the_failing_call(tmp_path: Path) -> None:
+    """The containers a loop filled, and its reduction, hold what the calls before the
+    failing one put there, and nothing of the calls after it."""
+    plain, forked = both(tmp_path, REBIND + textwrap.dedent('''
+        out, rows, by_key, total = [], [], {}, 0
+        try:
+            for i in range(6):
+                out.append(f(i))
+                rows.append((i, f(i)))
+                by_key[i] = f(i)
+                total += f(i)
+        except ValueError:
+            pass
+        print(out, rows, by_key, total)
+    '''))
+    assert (plain.returncode, plain.stderr) == (0, "")
+    assert plain.stdout == "[0, 2, 4] [(0, 0), (1, 2), (2, 4)] {0: 0, 1: 2, 2: 4} 6\n"
+    assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
+
+
+@pytest.mark.timeout(60)
+def test_an_uncaught_failure_through_a_finally_reads_as_sequentially(tmp_path: Path) -> None:
+    """The finally sees the names as they were; the failure leaves with the call's line;
+    the lazy results bound after it are not reported as failures nobody saw."""
+    plain, forked = both(tmp_path, REBIND + textwrap.dedent('''
+        def main():
+            total = 1
+            try:
+                for x in range(5):
+                    r = f(x)
+                    total = total * r + 1
+            finally:
+                print("finally", r, total)
+
+        main()
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert plain.stdout == forked.stdout == "finally 4 13\n"
+    assert "r = f(x)" in forked.stderr and "never used" not in forked.stderr
+    assert last_line(forked.stderr) == last_line(plain.stderr) == "ValueError: 3"

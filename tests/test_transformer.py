@@ -1520,6 +1520,58 @@ def main(x):
     )
 
 
+def test_names_bound_from_forks_in_a_try_loop_are_rebound_after_a_failure() -> None:
+    """In a loop in a try body, the fills and the reduction stay as they were (parallel);
+    the names bound from forks go through ``bind`` and are rebound in a ``finally``."""
+    check(
+        """\
+from autofork import implicit_fork
+
+@implicit_fork
+def f(x):
+    return x
+
+out, d, total, last = [], {}, 0, None
+try:
+    for i in range(9):
+        out.append(f(i))
+        d[i] = f(i)
+        total += f(i)
+        last = f(i)
+        first = second = last + 1
+except ValueError:
+    pass
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; from autofork import implicit_fork
+
+@implicit_fork
+def f(x):
+    return x
+
+out, d, total, last = [], {}, 0, None
+try:
+    try:  # autofork: names as before a call that failed
+        with _autofork_rt.Joiner() as _autofork_j1:
+            for i in range(9):
+                _autofork_j1.into(out).append(_autofork_j1.fork(f, i))
+                _autofork_j1.into(d)[i] = _autofork_j1.fork(f, i)
+                total = _autofork_j1.fold(total, '+=', _autofork_j1.fork(f, i))
+                last = _autofork_j1.bind('last', _autofork_j1.fork(f, i))
+                first = second = _autofork_j1.bind('first', _autofork_j1.bind('second', last + 1))
+    finally:  # autofork: names as before a call that failed
+        if _autofork_j1.rebinds('last'): last = _autofork_j1.was('last')
+        if _autofork_j1.unbinds('last'): del last
+        if _autofork_j1.rebinds('first'): first = _autofork_j1.was('first')
+        if _autofork_j1.unbinds('first'): del first
+        if _autofork_j1.rebinds('second'): second = _autofork_j1.was('second')
+        if _autofork_j1.unbinds('second'): del second
+except ValueError:
+    pass
+""",
+    )
+
+
 def test_pending_results_are_settled_before_a_try_that_reads_them() -> None:
     """SPEC 4b: a value fork not settled yet, read in the body of a try with handlers,
     is settled just before the try (its failure raised outside it, as sequentially);
