@@ -361,19 +361,20 @@ def test_a_loop_that_failed_in_a_try_keeps_only_what_came_before_the_failing_cal
     """The containers a loop filled, and its reduction, hold what the calls before the
     failing one put there, and nothing of the calls after it."""
     plain, forked = both(tmp_path, REBIND + textwrap.dedent('''
-        out, rows, by_key, total = [], [], {}, 0
+        out, rows, by_key, plus, total = [], [], {}, [], 0
         try:
             for i in range(6):
                 out.append(f(i))
                 rows.append((i, f(i)))
                 by_key[i] = f(i)
+                plus.append(f(i) * 10 + 1)
                 total += f(i)
         except ValueError:
             pass
-        print(out, rows, by_key, total)
+        print(out, rows, by_key, plus, total)
     '''))
     assert (plain.returncode, plain.stderr) == (0, "")
-    assert plain.stdout == "[0, 2, 4] [(0, 0), (1, 2), (2, 4)] {0: 0, 1: 2, 2: 4} 6\n"
+    assert plain.stdout == "[0, 2, 4] [(0, 0), (1, 2), (2, 4)] {0: 0, 1: 2, 2: 4} [1, 21, 41] 6\n"
     assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
 
 

@@ -276,6 +276,9 @@ def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]
 
 def _observe(task: Any) -> None:
     task.mark_observed()
+    failure = task.failure
+    if failure is not None:   # a call after the one raised: never made sequentially
+        failure.raised = True  # (see Failure.raised)
 
 
 def _raise_first(failed: list[tuple[int, BaseException, int]]) -> None:

@@ -28,6 +28,7 @@ def apply(function: Callable[..., Any], operands: tuple) -> Any:
     if not pending:
         return function(*map(unwrap, operands))
     task = Task(function, operands, {}, "lazy", call_site())
+    task.after = max(max(getattr(t, "seq", -1), getattr(t, "after", -1)) for t in pending)
     when_ready(task, pending, _compute)
     return new_proxy(task)
 

@@ -95,7 +95,8 @@ def _late(obj: Any, seq: int, depth: int) -> bool:
     """Whether ``obj`` holds the result of the fork ``seq`` or of a later one."""
     kind = type(obj)
     if kind is ResultProxy:
-        return getattr(obj._autofork_task, "seq", -1) >= seq
+        task = obj._autofork_task   # a fork, or a lazy operation on forks
+        return max(getattr(task, "seq", -1), getattr(task, "after", -1)) >= seq
     if depth <= 1 or kind in _ATOMS:
         return False
     if kind is tuple or kind is list:

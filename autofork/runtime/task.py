@@ -42,7 +42,7 @@ class Task:
 
     __slots__ = ("fn", "args", "kwargs", "kind", "site", "state", "value", "failure",
                  "_latch", "_callbacks", "_claim", "inputs", "executor", "seq", "output",
-                 "waited_at", "caller_may_run",
+                 "waited_at", "caller_may_run", "after",
                  "__weakref__")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, kind: str,
@@ -67,6 +67,9 @@ class Task:
         # call wrote, set by whoever ran it, emitted in call order when the task is done.
         self.seq = -1
         self.output: Optional[list] = None
+        # A lazy operation: the latest ``seq`` among the forks it computes from, -1 if
+        # none (a loop's container that failed drops it with that fork: settle.trim).
+        self.after = -1
         # When somebody first waited for it unfinished (granularity learns from it
         # whether forking overlapped anything); None while nobody has.
         self.waited_at: Optional[float] = None
@@ -200,7 +203,8 @@ def stopped_at(seq: int) -> None:
         return
     output.raised(seq)
     for key, task in list(_unobserved.items()):
-        if task.seq > seq and getattr(task, "caller_may_run", True):
+        if (task.seq > seq and getattr(task, "caller_may_run", True)
+                or getattr(task, "after", -1) > seq):   # a lazy operation on a later call
             _unobserved.pop(key, None)
     # Those not begun yet are not run at all (a loop of a thousand calls that fails at
     # its third ends now, not after the other 997, also at exit).
