@@ -417,7 +417,7 @@ def test_a_function_forks_again_when_its_calls_overlap_again():
     if not known.serial:
         granularity._go_serial(phase, known)
     results = []
-    for k in range(60):  # then independent calls: a probe comes within 20 ms of them
+    for k in range(60):  # then independent calls: a probe comes within 50 ms of them
         results.append(implicit.fork(phase, k))
     pids = [evaluate(r)[1] for r in results]
     assert not granularity._functions[phase].serial

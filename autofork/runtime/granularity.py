@@ -40,7 +40,7 @@ appeared (the next call came while it ran, and did not need it), in which case t
 function forks again; else the probe interval doubles, up to ``_PROBE_MAX`` calls, and
 never more than ``_PROBE_SECONDS`` of the function's run time, or 50 times what a probe
 costs if more (at least ``_PROBE_MIN`` calls): a parallel loop of a 3 ms function after
-a chain of it forks again within about 20 ms, not after 4,096 calls run here, while the
+a chain of it forks again within about 50 ms, not after 4,096 calls run here, while the
 probes cost a chain at most about 2% of its time.
 
 Only the local backend measures; elsewhere every call forks.
@@ -91,7 +91,7 @@ _QUICK = 200e-6  # a call this soon after the previous result: the caller was wa
 _SERIAL_AFTER = 8  # calls in a row that overlapped nothing: run the function here
 _PROBE_FIRST = 64  # then fork one call in this many, to see whether overlap is back
 _PROBE_MAX = 4096
-_PROBE_SECONDS = 0.02  # ... nor more calls than take this long (or _PROBE_SHARE times
+_PROBE_SECONDS = 0.05  # ... nor more calls than take this long (or _PROBE_SHARE times
 _PROBE_SHARE = 50  # what a probe costs the chain: on a busy machine a round trip is ms)
 _PROBE_MIN = 8
 _SPREAD_CALLS = 128  # the most calls of a recursion's top levels that run in the caller
@@ -226,7 +226,7 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
     if not known.eligible:
         return _fork(fn, *args, **kwargs)
     mean = known.mean
-    if known.size and not (kwargs or _has_proxy(args)):
+    if known.size and not (kwargs or known.probing or _has_proxy(args)):
         return _chunked(fn, known, args, kwargs)  # the hot path of a short function
     pool = engine.backend()
     if known.recursive:
@@ -246,7 +246,7 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict, recursive: bool) ->
         for task in pending:
             task.wait()  # its own earlier (probe) call: the chain goes on here
         return _timed_serial(fn, args, kwargs) if stats.active else fn(*args, **kwargs)
-    if known.size and not seen:
+    if known.size and not seen and not known.probing:  # a probe is watched: forked alone
         return _chunked(fn, known, args, kwargs)
     task = start(fn, args, kwargs, "cpu")
     task.caller_may_run = True
