@@ -62,6 +62,31 @@ def test_a_call_the_caller_runs_holds_a_core_the_workers_do_not_get(tmp_path):
     assert int(pids) >= 2, result.stdout  # and the workers did run calls meanwhile
 
 
+def test_the_switch_interval_is_the_programs_again_once_the_workers_are_up(tmp_path):
+    # While the workers start, the GIL changes hands sooner (the dispatcher's system
+    # calls would each wait 5 ms for a computing program thread); not for good.
+    result = run_script(tmp_path, """
+        import os, sys, time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def who(k):
+            time.sleep(0.01)
+            return os.getpid()
+
+        starting = sys.getswitchinterval()  # the pool started before the script ran
+        deadline = time.monotonic() + 60
+        while who(0) == os.getpid():  # until a worker ran one
+            assert time.monotonic() < deadline, "no call was ever forked"
+        deadline = time.monotonic() + 10
+        while sys.getswitchinterval() == starting and time.monotonic() < deadline:
+            time.sleep(0.01)  # the second worker's hello may come a moment later
+        print(starting, sys.getswitchinterval())
+    """, module=True, options=("--workers", "2"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.0005", "0.005"], result.stdout  # Python's default
+
+
 def _parent_of_worker() -> int:
     return os.getppid()
 

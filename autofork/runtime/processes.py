@@ -169,8 +169,7 @@ def _spawn(child_end: int, shm_fd: int, path: list[str]) -> subprocess.Popen:
     )
 
 
-# The GIL's switch interval while the caller runs a call and workers start (see steal);
-# Python's default is 5 ms.
+# The GIL's switch interval while the workers start (see start); Python's default is 5 ms.
 _STARTING_SWITCH_INTERVAL = 0.0005
 
 
@@ -304,7 +303,7 @@ class ProcessPool:
         # a thread that waits for one may run it itself (steal).
         self._early: dict[int, tuple] = {}
         self._stealing = 0  # calls running in the caller's threads (steal): each is a core
-        self._interval = 0.005  # the GIL's switch interval before they began
+        self._interval: Optional[float] = None  # the GIL's switch interval before start
 
     # -- the caller's side ---------------------------------------------------------
 
@@ -413,17 +412,9 @@ class ProcessPool:
 
     def _stole(self, change: int) -> None:
         """Count the calls the caller's threads run (a worker gets a call only while a
-        core is free: ``_room``).  The dispatcher starts the workers meanwhile: each of
-        its system calls gives up the GIL, and it waits a switch interval to take it back
-        from a computing thread, so the interval is short while they do."""
+        core is free: ``_room``)."""
         with self._lock:
             self._stealing += change
-            if change > 0 and self._stealing == 1:
-                self._interval = sys.getswitchinterval()
-                if self._ready < self.size:
-                    sys.setswitchinterval(min(self._interval, _STARTING_SWITCH_INTERVAL))
-            elif self._stealing == 0:
-                sys.setswitchinterval(self._interval)
 
     @staticmethod
     def _run_stolen(task: Task, call: bytes) -> None:
@@ -500,7 +491,21 @@ class ProcessPool:
             # once (a loop of tiny calls is measured and run inline meanwhile).
             self._thread = threading.Thread(target=self._dispatch, args=(list(sys.path),),
                                             name="autofork-dispatcher", daemon=True)
+            # Until the workers are up, the dispatcher that starts them takes the GIL back
+            # after each of its system calls from a program thread that computes (a call
+            # it runs itself, a recursion's top levels): each time after a switch
+            # interval (5 ms), which made the workers ready ~0.2-0.6 s late.
+            self._interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._interval, _STARTING_SWITCH_INTERVAL))
             self._thread.start()
+
+    def _started(self) -> None:
+        """The workers are up (or will not be): the switch interval is the program's again."""
+        with self._lock:
+            interval, self._interval = self._interval, None
+            if interval is not None and sys.getswitchinterval() == min(
+                    interval, _STARTING_SWITCH_INTERVAL):  # unless the program changed it
+                sys.setswitchinterval(interval)
 
     def _dispatch(self, path: list[str]) -> None:
         try:
@@ -527,6 +532,7 @@ class ProcessPool:
                     else:
                         self._receive(self._workers[source])  # type: ignore[index]
         finally:
+            self._started()
             self._stop_workers()
 
     def _start_workers(self, path: list[str]) -> None:
@@ -710,6 +716,8 @@ class ProcessPool:
                 if self._ready == 1:
                     _phases.note("pool: a worker is ready")
                     self._early.clear()  # from now on, waiting threads wait for workers
+                if self._ready == self.size:
+                    self._started()
             return
         self._failed_starts = 0
         if not self._answered:
