@@ -216,6 +216,78 @@ def _ast_module_bindings(body: list[ast.stmt], out: dict[str, list[ast.AST]]) ->
             _ast_module_bindings(block, out)
 
 
+# Methods that change their object in place (list, dict, set, deque, bytearray, array).
+_IN_PLACE_METHODS = frozenset({
+    "append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "add",
+    "discard", "update", "setdefault", "popitem", "difference_update",
+    "intersection_update", "symmetric_difference_update", "appendleft", "extendleft",
+    "popleft", "rotate", "__setitem__", "__delitem__", "__iadd__", "fromlist", "frombytes",
+})
+# Functions that change their first argument in place.
+_IN_PLACE_FUNCTIONS = frozenset({
+    "heappush", "heappop", "heapify", "heapreplace", "heappushpop", "insort", "insort_left",
+    "insort_right", "shuffle",
+})
+IN_PLACE_NAME = "__autofork_in_place__"
+
+
+def in_place_globals(tree: ast.Module, first_fork: int = 1) -> list[str]:
+    """The module's globals that its code may change in place while forks run
+    (``seen.append(x)``, ``table[k] = v``, ``config.scale = 3``, ``heapq.heappush(q, x)``,
+    ``items += [x]``): the runtime compares them per call, whatever their size
+    (``freshness``), since a change keeps their identity.
+
+    A change inside a function counts (it may run at any time), and one at module level
+    from line ``first_fork`` on (the first rewritten call), or in a loop that reaches it;
+    a table filled at module level before any fork is compared with nothing (it changes
+    no call's inputs: the first call sends it as it is then).  A local of the same name
+    counts too (harmless: a few needless comparisons)."""
+    bound: dict[str, list[ast.AST]] = {}
+    _ast_module_bindings(tree.body, bound)
+    found: set[str] = set()
+
+    def base(node: ast.AST) -> None:
+        while isinstance(node, (ast.Subscript, ast.Attribute)):
+            node = node.value
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+
+    def visit(node: ast.AST, live: bool) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            live = True
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            live = live or (node.end_lineno or node.lineno) >= first_fork
+        elif isinstance(node, ast.stmt):
+            live = live or (node.end_lineno or node.lineno) >= first_fork
+        if live:
+            _in_place_site(node, base, found)
+        for child in ast.iter_child_nodes(node):
+            visit(child, live)
+
+    visit(tree, False)
+    return sorted(name for name in found if name in bound)
+
+
+def _in_place_site(node: ast.AST, base: Callable[[ast.AST], None], found: set[str]) -> None:
+    """Record the global that ``node`` changes in place, if it is such a change."""
+    if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        for target in targets:
+            for part in ast.walk(target):
+                if isinstance(part, (ast.Subscript, ast.Attribute)) and isinstance(
+                        getattr(part, "ctx", None), (ast.Store, ast.Del)):
+                    base(part.value)
+        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            found.add(node.target.id)  # items += [x]: a list keeps its identity
+    elif isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in _IN_PLACE_METHODS:
+            base(func.value)
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name in _IN_PLACE_FUNCTIONS and node.args:
+            base(node.args[0])
+
+
 def _ast_is_generator(function: Union[ast.FunctionDef, ast.AsyncFunctionDef]) -> bool:
     stack: list[ast.AST] = list(function.body)
     while stack:
@@ -2604,7 +2676,27 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     plan.dirty.add(id(module))
     names = _Names(source, plan.runtime_alias)
     code = _Rewriter(plan, names, warnings, module_name, notices).rebuild(module).code
+    if (plan.rewrites or plan.wraps) and plan.runtime_alias is None and IN_PLACE_NAME not in source:
+        code = _declare_in_place(code, source, filename, names.runtime)
     return source if code == source else code
+
+
+def _declare_in_place(code: str, source: str, filename: str, runtime: str) -> str:
+    """``code`` with the globals changed in place while forks run (``in_place_globals``)
+    named in ``__autofork_in_place__``, on the line of the runtime's import (the lines stay
+    the source's); cells add to what earlier cells named."""
+    lines = code.splitlines()
+    first = next((number for number, line in enumerate(lines, 1) if f"{runtime}." in line), 0)
+    if not first:
+        return code
+    tree = cast(ast.Module, compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True))
+    in_place = in_place_globals(tree, first)
+    if not in_place:
+        return code
+    imported = f"from {_RUNTIME_MODULE} import {_RUNTIME_NAME} as {runtime}"
+    declared = (f"{imported}; {IN_PLACE_NAME} = globals().get({IN_PLACE_NAME!r}, frozenset())"
+                f" | frozenset({in_place!r})")
+    return code.replace(imported, declared, 1)
 
 
 def _effects(module: Any, scopes: Scopes, source: str) -> dict[int, Any]:

@@ -559,6 +559,75 @@ def test_a_watch_sees_small_plain_containers_change_in_place_only() -> None:
     assert watch.state() is second
 
 
+LARGE_IN_PLACE = """
+    import heapq, os, time
+    from autofork import evaluate, fork, implicit_fork
+
+    class Config:
+        scale = 1
+
+    SEEN = list(range(1000))            # large: compared because this module changes it
+    TABLE = {i: i for i in range(1000)}
+    QUEUE = []
+    config = Config()
+
+    @implicit_fork
+    def look(k):
+        time.sleep(0.02)  # long enough to be forked
+        return len(SEEN), TABLE.get(k, -1), TABLE[0], sorted(QUEUE)[:2], config.scale, os.getpid()
+
+    evaluate(fork(abs, 1))  # the workers are up (before, the caller may run the calls)
+    results = []
+    for i in range(1000, 1004):
+        SEEN.append(i)
+        TABLE[i] = i * 2                # a new key
+        TABLE[0] = -i                   # an existing key: the size stays
+        heapq.heappush(QUEUE, -i)
+        config.scale = i                # an attribute of the program's own object
+        results.append(look(i))
+    for result in results:
+        print(result[:5])
+    print("elsewhere", bool({result[5] for result in results} - {os.getpid()}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_forked_calls_see_large_globals_and_objects_the_module_changes_in_place(
+        tmp_path: Path) -> None:
+    plain, forked = both(tmp_path, LARGE_IN_PLACE)
+    assert forked.splitlines()[:4] == plain.splitlines()[:4]
+    assert plain.splitlines()[0] == "(1001, 2000, -1000, [-1000], 1000)"
+    assert forked.splitlines()[4] == "elsewhere True"
+
+
+def test_the_rewriter_names_the_globals_a_module_changes_in_place_while_forks_run() -> None:
+    import ast
+
+    from autofork.transformer import in_place_globals
+
+    source = """
+import heapq
+seen, table, config, queue, items, plain, rebound, other, built = [], {}, object(), [], [], [], 0, [], {}
+for k in range(3):
+    built[k] = k                 # before the first fork (line 10): its first call sends it
+def f():
+    seen.append(1)               # in a function: may run at any time
+    del other[0]
+print("first fork here")         # line 10
+config.scale = 3
+heapq.heappush(queue, 1)
+items += [1]
+rebound = 5
+print(plain, len(plain))
+local_only.append(1)
+while True:
+    table["k"] = 2
+"""
+    assert in_place_globals(ast.parse(source), first_fork=10) == [
+        "config", "items", "other", "queue", "seen", "table"]
+    assert "built" in in_place_globals(ast.parse(source), first_fork=1)
+
+
 UNCAUGHT = """
     import time
     from autofork import implicit_fork

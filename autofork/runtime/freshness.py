@@ -21,9 +21,12 @@ the values they had when the function was pickled.  Each call asks ``Watch.state
 A global changed in place keeps its identity: a small built-in container of plain data
 (a dict, list or set of at most 256 numbers, strings or such containers, three levels
 down: ``CONFIG["k"] = v``, ``STOP_WORDS.add(w)``) is compared with a deep copy of itself
-at each call (about 1 µs for 20 items), and sent again when it differs; a larger one,
-one holding other objects (arrays, instances), or another mutable object changed in
-place is not seen: pass such a value as an argument.  Globals read through ``getattr`` or ``globals()`` are not
+at each call (about 1 µs for 20 items), and sent again when it differs.  So is any
+global that the module's code changes in place while forks may run (``seen.append(x)``,
+``table[k] = v``, ``config.scale = 3``: the rewriter lists them in the module's
+``__autofork_in_place__``), whatever its size: with a deep copy, or its pickled bytes
+when it is not plain data.  A larger one changed only from elsewhere (another module,
+an alias) is not seen: pass such a value as an argument.  Globals read through ``getattr`` or ``globals()`` are not
 seen either: only names in the code count.
 """
 
@@ -37,6 +40,8 @@ from typing import Any, Callable, Optional
 from .errors import NotSendable
 from .serialize import dumps
 
+_IN_PLACE_NAME = "__autofork_in_place__"  # transformer.IN_PLACE_NAME (no libcst import here)
+
 __all__ = ["Watch", "watch"]
 
 _states = itertools.count(1)  # 0 is "as pickled with the function"
@@ -46,7 +51,8 @@ _OWN = ""  # the owner of a function's own globals (a module name otherwise)
 class Watch:
     """The globals one function reads, and the state of their values last seen."""
 
-    __slots__ = ("_reads", "_dicts", "_same", "_last", "_copies", "_changed", "current")
+    __slots__ = ("_reads", "_dicts", "_same", "_last", "_in_place", "_copies", "_changed",
+                 "current")
 
     def __init__(self, reads: list[tuple[str, dict, str]]) -> None:
         self._reads = reads
@@ -56,8 +62,14 @@ class Watch:
         self._dicts = tuple(distinct.values())
         self._same = _identity_test(reads, self._dicts)
         self._last = tuple(namespace[name] for _, namespace, name in reads)
-        # index -> a deep copy of a small built-in container, to see it changed in place
-        self._copies: dict[int, Any] = _copies(self._last)
+        # The globals the module's code changes in place (the rewriter names them):
+        # compared at each call whatever their size.
+        self._in_place = frozenset(
+            index for index, (_, namespace, name) in enumerate(reads)
+            if name in namespace.get(_IN_PLACE_NAME, ()))
+        # index -> a deep copy of a small built-in container (or the pickled bytes of a
+        # global changed in place), to see it changed in place
+        self._copies: dict[int, Any] = _copies(self._last, self._in_place)
         self._changed: dict[tuple[str, str], Any] = {}
         self.current: tuple[int, Optional[bytes]] = (0, None)  # (state, bytes to send)
 
@@ -76,7 +88,7 @@ class Watch:
         last = self._last
         for index, copy in self._copies.items():
             try:
-                if last[index] != copy:
+                if _differs(last[index], copy, strict=True):
                     return False
             except Exception:  # noqa: BLE001 - cannot compare: no longer watched in place
                 del self._copies[index]
@@ -103,7 +115,7 @@ class Watch:
             now.append(value)
         data = dumps(self._changed)
         self._last = tuple(now)
-        self._copies = _copies(self._last)
+        self._copies = _copies(self._last, self._in_place)
         self.current = (next(_states), data)
         return self.current
 
@@ -117,31 +129,62 @@ _IN_PLACE_LIMIT = 256
 _SCALARS = (int, float, complex, str, bool, type(None))
 
 
-def _plain_data(value: Any, depth: int = 3) -> bool:
+def _plain_data(value: Any, depth: int = 3, limit: Optional[int] = _IN_PLACE_LIMIT) -> bool:
     """Small built-in data all the way down (what a configuration holds): cheap to copy
     and to compare, unlike an array or an object of the program's."""
     if isinstance(value, _SCALARS) or isinstance(value, bytes) and len(value) <= 1024:
         return True
     if depth == 0 or not isinstance(value, (*_CONTAINERS, tuple, frozenset)):
         return False
-    if len(value) > _IN_PLACE_LIMIT:
+    if limit is not None and len(value) > limit:
         return False
     items = value.items() if isinstance(value, dict) else ((item, None) for item in value)
-    return all(_plain_data(key, depth - 1) and _plain_data(item, depth - 1)
+    return all(_plain_data(key, depth - 1, limit) and _plain_data(item, depth - 1, limit)
                for key, item in items)
 
 
-def _copies(values: tuple) -> dict[int, Any]:
+class _Pickled:
+    """The pickled bytes of a global changed in place that is not plain data."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _copies(values: tuple, in_place: frozenset = frozenset()) -> dict[int, Any]:
+    """index -> what to compare the value with at the next call: a deep copy of a small
+    built-in container of plain data, or of a global the module changes in place (any
+    size; its pickled bytes when it is not plain data: an object of the program's)."""
     import copy
 
-    return {index: copy.deepcopy(value) for index, value in enumerate(values)
-            if isinstance(value, _CONTAINERS) and _plain_data(value)}
+    out: dict[int, Any] = {}
+    for index, value in enumerate(values):
+        if index in in_place:
+            if isinstance(value, _SCALARS) or type(value) in (tuple, frozenset, bytes):
+                continue  # immutable: a change rebinds it, which the identity test sees
+            if isinstance(value, _CONTAINERS) and _plain_data(value, limit=None):
+                out[index] = copy.deepcopy(value)
+            else:
+                try:
+                    out[index] = _Pickled(dumps(value))
+                except Exception:  # noqa: BLE001 - cannot be sent anyway: fails at the call
+                    pass
+        elif isinstance(value, _CONTAINERS) and _plain_data(value):
+            out[index] = copy.deepcopy(value)
+    return out
 
 
-def _differs(value: Any, copy: Any) -> bool:
+def _differs(value: Any, copy: Any, strict: bool = False) -> bool:
+    """Whether ``value`` is no longer what ``copy`` (see ``_copies``) holds; a failing
+    comparison raises with ``strict``, else counts as a difference."""
     try:
+        if type(copy) is _Pickled:
+            return dumps(value) != copy.data
         return bool(value != copy)
     except Exception:  # noqa: BLE001
+        if strict:
+            raise
         return True
 
 
