@@ -231,7 +231,7 @@ _IN_PLACE_FUNCTIONS = frozenset({
 IN_PLACE_NAME = "__autofork_in_place__"
 
 
-def in_place_globals(tree: ast.Module, first_fork: int = 1) -> list[str]:
+def in_place_globals(tree: ast.Module, first_fork: int = 1, cell: bool = False) -> list[str]:
     """The module's globals that its code may change in place while forks run
     (``seen.append(x)``, ``table[k] = v``, ``config.scale = 3``, ``heapq.heappush(q, x)``,
     ``items += [x]``): the runtime compares them per call, whatever their size
@@ -241,7 +241,8 @@ def in_place_globals(tree: ast.Module, first_fork: int = 1) -> list[str]:
     from line ``first_fork`` on (the first rewritten call), or in a loop that reaches it;
     a table filled at module level before any fork is compared with nothing (it changes
     no call's inputs: the first call sends it as it is then).  A local of the same name
-    counts too (harmless: a few needless comparisons)."""
+    counts too (harmless: a few needless comparisons); in a ``cell``, so does a name that
+    earlier cells bound."""
     bound: dict[str, list[ast.AST]] = {}
     _ast_module_bindings(tree.body, bound)
     found: set[str] = set()
@@ -265,7 +266,18 @@ def in_place_globals(tree: ast.Module, first_fork: int = 1) -> list[str]:
             visit(child, live)
 
     visit(tree, False)
-    return sorted(name for name in found if name in bound)
+    return sorted(name for name in found if cell or name in bound)
+
+
+def _read_in_functions(tree: ast.Module) -> set[str]:
+    """The names that the module's functions read (what a marked function can see of
+    the module's globals, itself or through the functions it calls)."""
+    read: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            read.update(part.id for part in ast.walk(node)
+                        if isinstance(part, ast.Name) and isinstance(part.ctx, ast.Load))
+    return read
 
 
 def _in_place_site(node: ast.AST, base: Callable[[ast.AST], None], found: set[str]) -> None:
@@ -2677,20 +2689,24 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     names = _Names(source, plan.runtime_alias)
     code = _Rewriter(plan, names, warnings, module_name, notices).rebuild(module).code
     if (plan.rewrites or plan.wraps) and plan.runtime_alias is None and IN_PLACE_NAME not in source:
-        code = _declare_in_place(code, source, filename, names.runtime)
+        code = _declare_in_place(code, source, filename, names.runtime, cell=bool(outer))
     return source if code == source else code
 
 
-def _declare_in_place(code: str, source: str, filename: str, runtime: str) -> str:
+def _declare_in_place(code: str, source: str, filename: str, runtime: str, cell: bool) -> str:
     """``code`` with the globals changed in place while forks run (``in_place_globals``)
     named in ``__autofork_in_place__``, on the line of the runtime's import (the lines stay
-    the source's); cells add to what earlier cells named."""
+    the source's): those that the module's functions read, or all of them in a ``cell``
+    (functions of earlier cells may read them); cells add to what earlier cells named."""
     lines = code.splitlines()
     first = next((number for number, line in enumerate(lines, 1) if f"{runtime}." in line), 0)
     if not first:
         return code
     tree = cast(ast.Module, compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True))
-    in_place = in_place_globals(tree, first)
+    in_place = in_place_globals(tree, first, cell)
+    if not cell:
+        read = _read_in_functions(tree)
+        in_place = [name for name in in_place if name in read]
     if not in_place:
         return code
     imported = f"from {_RUNTIME_MODULE} import {_RUNTIME_NAME} as {runtime}"

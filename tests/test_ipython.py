@@ -197,6 +197,20 @@ SAME = [
     [shout(Box(n)).v for n in range(3)]
     """,
     """
+    SEEN = list(range(1000))                   # large: compared at each call as changed
+
+    @implicit_fork
+    def seen_now(k):
+        return len(SEEN) + k + work(k)[0] * 0
+    """,
+    """
+    counts = []
+    for k in range(4):
+        SEEN.append(k)                         # in place, in a later cell
+        counts.append(seen_now(k))
+    counts
+    """,
+    """
     def work(n):                               # rebound, unmarked: a plain call
         return n + 100, os.getpid()
     [work(n)[0] for n in range(3)]
@@ -218,6 +232,8 @@ def test_a_notebook_shows_the_same_outputs_with_and_without_the_extension(kernel
         "",
         "Out: (359998, False, True)\n",
         "step 0 0\nstep 1 359997\nstep 2 359998\nOut: [0, 2, 4]\n",
+        "",
+        "Out: [1001, 1003, 1005, 1007]\n",
         "Out: [100, 101, 102]\n",
     ]
 
