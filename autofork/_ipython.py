@@ -249,6 +249,12 @@ def _is_joiner_with(node: ast.stmt) -> bool:
     return isinstance(target, ast.Name) and target.id.startswith("_autofork_j")
 
 
+def _is_rewinding_try(node: ast.stmt) -> bool:
+    """A ``try: <joiner with> finally: <names rebound>`` the rewriter put in."""
+    return (isinstance(node, ast.Try) and not node.handlers and len(node.body) == 1
+            and _is_joiner_with(node.body[0]))
+
+
 def _show_last_value(original: ast.Module, tree: ast.Module) -> None:
     """Make IPython show the real value of the cell's last expression, after its joins.
 
@@ -261,8 +267,8 @@ def _show_last_value(original: ast.Module, tree: ast.Module) -> None:
         return
     last = original.body[-1]
     holder, node = tree.body, tree.body[-1]
-    while isinstance(node, ast.With) and _is_joiner_with(node) and node.body:
-        holder, node = node.body, node.body[-1]
+    while (_is_joiner_with(node) or _is_rewinding_try(node)) and node.body:
+        holder, node = node.body, node.body[-1]  # type: ignore[attr-defined]
     if not isinstance(node, ast.Expr) or node.lineno != last.lineno:
         return
     unwrap = ast.parse(_UNWRAP, mode="eval").body

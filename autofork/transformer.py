@@ -2209,14 +2209,16 @@ class _Rewinds:
     first binding made after the failing call (or unbinds it): before any clause or
     manager sees the exception, also one further out in the same function.
 
-    Only in try and with bodies: elsewhere the exception leaves the function (a module
-    body's names outlive it only in IPython, and are not rebound).
+    Only in try and with bodies, and at the top level of an IPython cell (``cell``):
+    elsewhere the exception leaves the function or the program.  A cell's names outlive
+    its exception: the next cell sees them as the sequential cell left them.
     """
 
-    def __init__(self, plan: _Plan, walk: _FlowRecorder, flow: _Flow) -> None:
+    def __init__(self, plan: _Plan, walk: _FlowRecorder, flow: _Flow, cell: bool = False) -> None:
         self.plan = plan
         self.walk = walk
         self.flow = flow
+        self.cell = cell
 
     def decide(self) -> bool:
         plan = self.plan
@@ -2235,7 +2237,7 @@ class _Rewinds:
     def _joiner(self, named: _Named) -> Optional[str]:
         """The joiner whose block holds ``named``, if it is a try or with body's."""
         region, loop, plan = named.region, named.loop, self.plan
-        if region.kind not in ("try", "with"):
+        if region.kind not in ("try", "with") and not (self.cell and region.kind == "module"):
             return None
         if loop is not None and id(loop) in plan.loop_joiners:
             return plan.loop_joiners[id(loop)]
@@ -2674,7 +2676,7 @@ def rewrite(source: str, module_name: str, resolver: Resolver, package: Optional
     flow = _Flow(plan, walk)
     decided = flow.decide() or decided
     decided = _Catchers(plan, walk, flow).decide() or decided
-    decided = _Rewinds(plan, walk, flow).decide() or decided
+    decided = _Rewinds(plan, walk, flow, cell=namespace is not None).decide() or decided
     if not decided and not effects and not labelled:
         return source
     warnings = _generator_warnings(scopes, source, labelled)

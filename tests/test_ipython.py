@@ -211,6 +211,24 @@ SAME = [
     counts
     """,
     """
+    @implicit_fork
+    def third_fails(n):
+        if n == 3:
+            raise ValueError(f"bad {n}")
+        return work(n)[0]
+
+    last = after = None
+    for n in range(6):                         # fails; its names outlive the cell
+        last = third_fails(n)
+        after = last + 1
+    """,
+    "last, after",                             # as the sequential loop left them
+    """
+    work(1)
+    kept = work(4)
+    kept[0]                                    # shown after the cell's forks are done
+    """,
+    """
     def work(n):                               # rebound, unmarked: a plain call
         return n + 100, os.getpid()
     [work(n)[0] for n in range(3)]
@@ -234,6 +252,9 @@ def test_a_notebook_shows_the_same_outputs_with_and_without_the_extension(kernel
         "step 0 0\nstep 1 359997\nstep 2 359998\nOut: [0, 2, 4]\n",
         "",
         "Out: [1001, 1003, 1005, 1007]\n",
+        "ValueError: bad 3\n",
+        "Out: (359998, 359999)\n",
+        "Out: 360000\n",
         "Out: [100, 101, 102]\n",
     ]
 
