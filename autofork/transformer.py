@@ -234,7 +234,8 @@ IN_PLACE_NAME = "__autofork_in_place__"
 def in_place_globals(tree: ast.Module, first_fork: int = 1, cell: bool = False) -> list[str]:
     """The module's globals that its code may change in place while forks run
     (``seen.append(x)``, ``table[k] = v``, ``config.scale = 3``, ``heapq.heappush(q, x)``,
-    ``items += [x]``): the runtime compares them per call, whatever their size
+    ``items += [x]``, ``counter.inc()`` for a method of the module's classes that changes
+    its ``self``): the runtime compares them per call, whatever their size
     (``freshness``), since a change keeps their identity.
 
     A change inside a function counts (it may run at any time), and one at module level
@@ -245,28 +246,67 @@ def in_place_globals(tree: ast.Module, first_fork: int = 1, cell: bool = False) 
     earlier cells bound."""
     bound: dict[str, list[ast.AST]] = {}
     _ast_module_bindings(tree.body, bound)
+    methods = _IN_PLACE_METHODS | _changing_methods(tree)
     found: set[str] = set()
-
-    def base(node: ast.AST) -> None:
-        while isinstance(node, (ast.Subscript, ast.Attribute)):
-            node = node.value
-        if isinstance(node, ast.Name):
-            found.add(node.id)
 
     def visit(node: ast.AST, live: bool) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             live = True
-        elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
-            live = live or (node.end_lineno or node.lineno) >= first_fork
-        elif isinstance(node, ast.stmt):
+        elif isinstance(node, ast.stmt):  # a loop reaching the first fork counts whole
             live = live or (node.end_lineno or node.lineno) >= first_fork
         if live:
-            _in_place_site(node, base, found)
+            found.update(_changed_in_place(node, methods))
         for child in ast.iter_child_nodes(node):
             visit(child, live)
 
     visit(tree, False)
     return sorted(name for name in found if cell or name in bound)
+
+
+def _changing_methods(tree: ast.Module) -> set[str]:
+    """The names of the methods of the module's classes that change their ``self``
+    (``self.n += 1``, ``self.items.append(x)``): ``counter.inc()`` changes ``counter``."""
+    out: set[str] = set()
+    for klass in ast.walk(tree):
+        if not isinstance(klass, ast.ClassDef):
+            continue
+        for method in klass.body:
+            if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) and method.args.args:
+                me = method.args.args[0].arg
+                if any(me in _changed_in_place(node, _IN_PLACE_METHODS, rebinds=False)
+                       for node in ast.walk(method)):
+                    out.add(method.name)
+    return out
+
+
+def _changed_in_place(node: ast.AST, methods: Iterable[str], rebinds: bool = True) -> list[str]:
+    """The names whose objects ``node`` changes in place: an item or attribute stored or
+    deleted, a call of one of ``methods`` on it, ``heapq.heappush(it, x)``; ``it += x``
+    too with ``rebinds`` (a list keeps its identity)."""
+    changed: list[Optional[str]] = []
+    if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        for target in targets:
+            changed += (_base_name(part.value) for part in ast.walk(target)
+                        if isinstance(part, (ast.Subscript, ast.Attribute))
+                        and isinstance(part.ctx, (ast.Store, ast.Del)))
+        if rebinds and isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            changed.append(node.target.id)
+    elif isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in methods:
+            changed.append(_base_name(func.value))
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name in _IN_PLACE_FUNCTIONS and node.args:
+            changed.append(_base_name(node.args[0]))
+    return [name for name in changed if name is not None]
+
+
+def _base_name(node: ast.AST) -> Optional[str]:
+    """``a`` of ``a``, ``a.b[c].d``; None for anything else."""
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def _read_in_functions(tree: ast.Module) -> set[str]:
@@ -280,8 +320,12 @@ def _read_in_functions(tree: ast.Module) -> set[str]:
     return read
 
 
-def _in_place_site(node: ast.AST, base: Callable[[ast.AST], None], found: set[str]) -> None:
-    """Record the global that ``node`` changes in place, if it is such a change."""
+def _in_place_site(node: ast.AST, base: Callable[[ast.AST], None], found: set[str],
+                   methods: frozenset | set = _IN_PLACE_METHODS,
+                   receiver_only: bool = False) -> None:
+    """Record (``base`` of the object) what ``node`` changes in place, if it is such a
+    change: an item or attribute stored or deleted, a call of one of ``methods`` on it,
+    ``heapq.heappush(it, x)``, ``it += x`` (not with ``receiver_only``)."""
     if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
         targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
         for target in targets:
@@ -289,11 +333,11 @@ def _in_place_site(node: ast.AST, base: Callable[[ast.AST], None], found: set[st
                 if isinstance(part, (ast.Subscript, ast.Attribute)) and isinstance(
                         getattr(part, "ctx", None), (ast.Store, ast.Del)):
                     base(part.value)
-        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and not receiver_only:
             found.add(node.target.id)  # items += [x]: a list keeps its identity
     elif isinstance(node, ast.Call):
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr in _IN_PLACE_METHODS:
+        if isinstance(func, ast.Attribute) and func.attr in methods:
             base(func.value)
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
         if name in _IN_PLACE_FUNCTIONS and node.args:

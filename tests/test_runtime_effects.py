@@ -566,6 +566,9 @@ LARGE_IN_PLACE = """
     class Config:
         scale = 1
 
+        def bump(self):                 # changes its self: counter.bump() is a change
+            self.scale += 1
+
     SEEN = list(range(1000))            # large: compared because this module changes it
     TABLE = {i: i for i in range(1000)}
     QUEUE = []
@@ -584,6 +587,7 @@ LARGE_IN_PLACE = """
         TABLE[0] = -i                   # an existing key: the size stays
         heapq.heappush(QUEUE, -i)
         config.scale = i                # an attribute of the program's own object
+        config.bump()                   # and a method of its class that changes it
         results.append(look(i))
     for result in results:
         print(result[:5])
@@ -596,7 +600,7 @@ def test_forked_calls_see_large_globals_and_objects_the_module_changes_in_place(
         tmp_path: Path) -> None:
     plain, forked = both(tmp_path, LARGE_IN_PLACE)
     assert forked.splitlines()[:4] == plain.splitlines()[:4]
-    assert plain.splitlines()[0] == "(1001, 2000, -1000, [-1000], 1000)"
+    assert plain.splitlines()[0] == "(1001, 2000, -1000, [-1000], 1001)"
     assert forked.splitlines()[4] == "elsewhere True"
 
 
@@ -622,9 +626,17 @@ print(plain, len(plain))
 local_only.append(1)
 while True:
     table["k"] = 2
+class Counter:
+    def inc(self):
+        self.n += 1
+    def show(self):
+        print(self.n)
+counter, shown = Counter(), Counter()
+counter.inc()
+shown.show()
 """
     assert in_place_globals(ast.parse(source), first_fork=10) == [
-        "config", "items", "other", "queue", "seen", "table"]
+        "config", "counter", "items", "other", "queue", "seen", "table"]
     assert "built" in in_place_globals(ast.parse(source), first_fork=1)
 
 
