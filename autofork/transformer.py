@@ -1828,7 +1828,8 @@ class _Plan:
     id(call) -> joiner.  ``_Catchers`` adds ``settles``: id(try or with statement) -> the
     names to settle just before it.  ``_Rewinds`` adds ``binds``: id(Assign, AugAssign or
     AnnAssign) -> (joiner, the names it binds); ``rewinds``: joiner -> the names its
-    ``finally`` rebinds after a failure.
+    ``finally`` rebinds after a failure; ``inner``: a loop's joiner -> the joiner of the
+    rest of the body around it (``j1.inner(names)`` makes it).
     """
 
     def __init__(self, walk: _CallRecorder, runtime_alias: Optional[str]) -> None:
@@ -1848,6 +1849,7 @@ class _Plan:
         self.settles: dict[int, tuple[str, ...]] = {}
         self.binds: dict[int, tuple[str, tuple[str, ...]]] = {}
         self.rewinds: dict[str, list[str]] = {}
+        self.inner: dict[str, str] = {}
 
     def decide(self, plain: Callable[[list[Binding]], bool] = lambda bindings: False) -> bool:
         """Choose the rewrites; True when there is anything to change.
@@ -2275,8 +2277,22 @@ class _Rewinds:
             plan.binds[id(named.node)] = (joiner, named.names)
             names = plan.rewinds.setdefault(joiner, [])
             names.extend(name for name in named.names if name not in names)
+            outer = self._around(named, joiner)
+            if outer is not None:   # a failure of a call before the loop undoes it all
+                plan.inner[joiner] = outer
+                names = plan.rewinds.setdefault(outer, [])
+                names.extend(name for name in named.names if name not in names)
             plan.dirty.update(map(id, named.path))
         return bool(plan.binds)
+
+    def _around(self, named: _Named, joiner: str) -> Optional[str]:
+        """The joiner of the rest of the body around the loop whose joiner is ``joiner``."""
+        region = named.region
+        start = region.rest_start
+        if (joiner == region.rest_joiner or region.rest_joiner is None or start is None
+                or named.top < start):
+            return None
+        return region.rest_joiner
 
     def _joiner(self, named: _Named) -> Optional[str]:
         """The joiner whose block holds ``named``, if it is a try or with body's."""
@@ -2471,9 +2487,13 @@ class _Rewriter:
         c = _cst
         leading = stmts[0].leading_lines
         stmts = [stmts[0].with_changes(leading_lines=()), *stmts[1:]]
-        item = c.WithItem(item=c.Call(func=self._attr(self.names.runtime, "Joiner")),
-                          asname=c.AsName(name=c.Name(self.names.rename(joiner))))
         names = self.a.rewinds.get(joiner)
+        outer = self.a.inner.get(joiner)
+        if outer is not None and names:   # j1.inner('r'): r kept as it is before the loop
+            make = self._invoke(outer, "inner", *(c.SimpleString(repr(n)) for n in names))
+        else:
+            make = c.Call(func=self._attr(self.names.runtime, "Joiner"))
+        item = c.WithItem(item=make, asname=c.AsName(name=c.Name(self.names.rename(joiner))))
         if names:
             return self._rewinding(joiner, names, c.With(items=(item,), body=c.IndentedBlock(body=stmts)),
                                    leading)
@@ -2945,7 +2965,7 @@ def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int,
 
 
 _REWIND_NOTE = "# autofork: names as before a call that failed"
-_JOINER_LINE = re.compile(r"\s*(?:with _autofork_\w+\.Joiner\(\) as _autofork_\w+:"
+_JOINER_LINE = re.compile(r"\s*(?:with _autofork_\w+\.(?:Joiner\(\)|inner\([^()]*\)) as _autofork_\w+:"
                           r"|_autofork_\w+\.settle_names\([^()]*\)"
                           r"|(?:try|finally):  # autofork: names as before a call that failed"
                           r"|if _autofork_\w+\.(?:rebinds|unbinds)\(.*)\s*")

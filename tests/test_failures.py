@@ -283,10 +283,19 @@ def test_module_names_bound_in_a_try_hold_what_they_held_before_the_failing_call
         except ValueError:
             pass
         print("annotated:", n)
+
+        looped = "before"
+        try:
+            first = f(3)                # fails: the loop after it never ran
+            for i in range(3):
+                looped = f(i)
+        except ValueError:
+            pass
+        print("loop after it:", looped)
     '''))
     assert (plain.returncode, plain.stderr) == (0, "")
     assert plain.stdout == ("before: 0\nunbound: True\nin the handler: 4 8 3\nloop: 4 8\n"
-                            "annotated: -1\n")
+                            "annotated: -1\nloop after it: before\n")
     assert (forked.returncode, forked.stdout, forked.stderr) == (0, plain.stdout, "")
 
 

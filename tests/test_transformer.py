@@ -1572,6 +1572,53 @@ except ValueError:
     )
 
 
+def test_a_loop_after_a_value_fork_in_a_try_keeps_its_names_for_the_body() -> None:
+    """The loop's joiner comes from the body's (``inner``), which keeps the loop's names as
+    they were before it: a failure of ``f(3)`` rebinds them too."""
+    check(
+        """\
+from autofork import implicit_fork
+
+@implicit_fork
+def f(x):
+    return x
+
+try:
+    a = f(3)
+    for x in range(3):
+        r = f(x)
+except ValueError:
+    pass
+""",
+        """\
+from autofork.runtime import implicit as _autofork_rt; from autofork import implicit_fork
+
+@implicit_fork
+def f(x):
+    return x
+
+try:
+    try:  # autofork: names as before a call that failed
+        with _autofork_rt.Joiner() as _autofork_j1:
+            a = _autofork_j1.bind('a', _autofork_j1.fork(f, 3))
+            try:  # autofork: names as before a call that failed
+                with _autofork_j1.inner('r') as _autofork_j2:
+                    for x in range(3):
+                        r = _autofork_j2.bind('r', _autofork_j2.fork(f, x))
+            finally:  # autofork: names as before a call that failed
+                if _autofork_j2.rebinds('r'): r = _autofork_j2.was('r')
+                if _autofork_j2.unbinds('r'): del r
+    finally:  # autofork: names as before a call that failed
+        if _autofork_j1.rebinds('a'): a = _autofork_j1.was('a')
+        if _autofork_j1.unbinds('a'): del a
+        if _autofork_j1.rebinds('r'): r = _autofork_j1.was('r')
+        if _autofork_j1.unbinds('r'): del r
+except ValueError:
+    pass
+""",
+    )
+
+
 def test_pending_results_are_settled_before_a_try_that_reads_them() -> None:
     """SPEC 4b: a value fork not settled yet, read in the body of a try with handlers,
     is settled just before the try (its failure raised outside it, as sequentially);

@@ -163,6 +163,17 @@ class Joiner:
         bound.append((self._count, name, _lookup(sys._getframe(1), name)))
         return value
 
+    def inner(self, *names: str) -> "Joiner":
+        """A new Joiner for a loop in this block that binds ``names``: what they hold now
+        is kept, for a failure of a call of this block made before the loop."""
+        frame = sys._getframe(1)
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = []
+        for name in names:
+            bound.append((self._count, name, _lookup(frame, name)))
+        return Joiner()
+
     def _earliest_failure(self) -> int:
         for position, task in self._tasks:
             if task.state != DONE or task.failure is not None:
