@@ -177,3 +177,26 @@ def test_a_failed_operand_stops_the_reduction_where_the_sequential_loop_stopped(
             joiner.fold(total, "+=", joiner.fork(fail_late, 0.0, "bad"))
             joiner.fold(total, "+=", joiner.fork(late, 0.0, collections.Counter("b")))
     assert total == collections.Counter("a")
+
+
+def test_bind_keeps_what_a_name_held_before_the_failing_call_and_its_memory_flat():
+    """``bind`` in a long loop with a reduction keeps only the records a failure could
+    still need; after a failure, ``rebinds``/``was`` give the value before the failing
+    call's binding and ``unbinds`` says a name unbound before it must go."""
+    def loop():
+        total, last = 0, "before"
+        joiner = Joiner()
+        for i in range(5000):  # finished values: no failure can undo these
+            total = joiner.fold(total, "+=", i)
+            last = joiner.bind("last", i)
+        assert len(joiner._bound) < 2048
+        failing = Joiner()
+        with pytest.raises(ValueError, match="bad"):
+            with failing:
+                last = failing.bind("last", failing.fork(fail_late, 0.05, "bad"))
+                fresh = failing.bind("fresh", failing.fork(late, 0, 1))
+        assert failing.rebinds("last") and failing.was("last") == 4999
+        assert not failing.rebinds("fresh") and failing.unbinds("fresh")
+        assert not failing.unbinds("last")   # given back already
+
+    loop()

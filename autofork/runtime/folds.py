@@ -118,6 +118,14 @@ class Folds:
         return acc
 
     @no_type_check
+    def earliest(self, default: int) -> int:
+        """How many forks came before the first step not applied yet (``default`` when
+        every step is applied): a step's failure comes after them; -1 once stopped."""
+        with self._lock:
+            if self.stopped is not None:
+                return -1
+            return self._steps[0].position if self._steps else default
+
     def drain(self, block: bool, upto: Optional[Task] = None) -> None:
         """Apply the steps in order: those whose operands are ready, or all (``block``)."""
         with self._lock:

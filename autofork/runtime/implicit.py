@@ -156,7 +156,7 @@ class Joiner:
         bound = self._bound
         if bound is None:
             bound = self._bound = []
-        elif len(bound) >= _PRUNE_AT and self._folds is None:
+        elif len(bound) >= _PRUNE_AT:
             low = self._earliest_failure()
             if bound[0][0] <= low:   # keep memory flat: no failure can come before low
                 bound[:] = [entry for entry in bound if entry[0] > low]
@@ -175,10 +175,15 @@ class Joiner:
         return Joiner()
 
     def _earliest_failure(self) -> int:
+        """No failure of the block (a fork's, or a reduction step's) can come before
+        this many forks: a binding made before them is never undone."""
+        low = self._count
         for position, task in self._tasks:
             if task.state != DONE or task.failure is not None:
-                return position
-        return self._count
+                low = position
+                break
+        folds = self._folds
+        return low if folds is None else min(low, folds.earliest(low))
 
     def rebinds(self, name: str) -> bool:
         """After the block raised a failure: whether ``name`` must hold ``was(name)``."""
