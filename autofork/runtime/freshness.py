@@ -163,7 +163,9 @@ def _copies(values: tuple, in_place: frozenset = frozenset()) -> dict[int, Any]:
         if index in in_place:
             if isinstance(value, _SCALARS) or type(value) in (tuple, frozenset, bytes):
                 continue  # immutable: a change rebinds it, which the identity test sees
-            if isinstance(value, _CONTAINERS) and _plain_data(value, limit=None):
+            if isinstance(value, _CONTAINERS) and _plain_data(value, depth=1, limit=None):
+                out[index] = copy.copy(value)  # flat: as good as a deep copy, in C
+            elif isinstance(value, _CONTAINERS) and _plain_data(value, limit=None):
                 out[index] = copy.deepcopy(value)
             else:
                 try:
