@@ -298,7 +298,6 @@ class ProcessPool:
         # Held while the dispatcher starts a process (template, spawned worker) and by
         # close: once closing, no process is started that close would not see.
         self._start_lock = threading.Lock()
-        self._started_any = False
         # The queue entries of calls made while no worker was ready, by id of their task:
         # a thread that waits for one may run it itself (steal).
         self._early: dict[int, tuple] = {}
@@ -455,11 +454,13 @@ class ProcessPool:
         thread = self._thread
         if thread is not None and not kill:
             with self._start_lock:
-                unstarted = not self._started_any and self.busy == 0 and self._nothing_to_send()
+                unstarted = not self._workers and self.busy == 0 and self._nothing_to_send()
             if unstarted:
-                # The dispatcher has started no process, and now never will (it checks
+                # The dispatcher has started no worker, and now never will (it checks
                 # _closing under the same lock): exit does not wait for its imports
-                # (80-130 ms under load, for a program that never needed a worker).
+                # (80-130 ms under load, for a program that never needed a worker).  The
+                # template, if started, is killed when the dispatcher ends, or dies with
+                # the program (end of file on its socket, PR_SET_PDEATHSIG).
                 os.write(self._wake_w, b"\0")
                 return
         if thread is not None:
@@ -546,7 +547,6 @@ class ProcessPool:
                 if self._closing and self._nothing_to_send():
                     return  # closed while this thread imported: close did not wait for it
                 self._template = Template(path)
-                self._started_any = True
             log.debug("template process %d started", self._template.process.pid)
             _import_for_workers()
             # Fork the workers at the first call, not before: the modules the program has
@@ -563,7 +563,6 @@ class ProcessPool:
                 if self._closing and self._nothing_to_send():
                     break
                 self._add_worker(path)
-                self._started_any = True
         _phases.note("pool: %d workers started", began, len(self._workers))
         log.debug("started %d worker processes (%s)", len(self._workers), self._start_method
                  if self._template is None or not self._template.broken else "spawn")
