@@ -24,6 +24,8 @@ the global random generator        ``random.random()``, ``random.shuffle(p)``,  
                                    ``random.Random(seed)``, ``default_rng``)
 calls a same-module function       its effects, with each argument it changes   plain
                                    mapped to what the caller passed
+the state of the process           ``os.chdir(d)``, ``os.putenv``, ``os._exit``, plain
+                                   ``sys.setrecursionlimit``, ``signal.signal``
 returns a generator expression     ``return (f(x) for x in xs)``: a generator   plain
                                    cannot be sent back from another process
                                    (a generator function is kept plain by the
@@ -84,6 +86,18 @@ _RANDOM_GLOBAL = frozenset({
     "gammavariate", "betavariate", "paretovariate", "weibullvariate", "triangular",
     "getrandbits", "randbytes", "setstate", "binomialvariate",
 })
+# Functions that change the state of the process itself (what a worker process changes
+# of its own, never the caller's): name -> what the call changes, and the fix.
+_PROCESS_STATE = {
+    "os": {"chdir": "the working directory", "fchdir": "the working directory",
+           "putenv": "the environment", "unsetenv": "the environment", "umask": "the umask",
+           "_exit": "ends the process", "abort": "ends the process",
+           "setsid": "the process's session", "nice": "the process's priority"},
+    "sys": {"setrecursionlimit": "the recursion limit", "setswitchinterval":
+            "the switch interval", "settrace": "the trace function", "setprofile":
+            "the profile function", "set_int_max_str_digits": "the int conversion limit"},
+    "signal": {"signal": "a signal handler", "alarm": "the alarm", "setitimer": "a timer"},
+}
 # numpy.random names that make a generator of one's own: every other function of
 # numpy.random draws from (or reseeds) the global one.
 _NUMPY_OWN = frozenset({
@@ -108,7 +122,7 @@ class Effect:
 
     function: str    # the function's name
     line: int        # line of the effect in the module's file
-    kind: str        # argument, self, module, enclosing, random, result
+    kind: str        # argument, self, module, enclosing, random, process, result
     what: str        # "`out.append(...)` changes the argument `out`"
     fix: str         # "return the new list instead of appending to `out`"
     param: Optional[str] = None   # the parameter changed (kinds argument and self)
@@ -540,6 +554,13 @@ class _Body:
                                f"`{module}` generator, whose draws depend on the order of calls",
                                f"pass a seed per call and draw from a generator of the call's "
                                f"own, {own}", None))
+        elif attr in _PROCESS_STATE.get(module, {}):
+            changed = _PROCESS_STATE[module][attr]
+            what = (f"`{self.text(node.func)}()` {changed}" if changed.startswith("ends")
+                    else f"`{self.text(node.func)}()` changes {changed} of the process")
+            self.found.append((node, "process", f"{what}, which a worker process does for "
+                               "itself, never for the caller",
+                               "make this call in the caller (before or after the loop)", None))
         elif attr in _MUTATING_FUNCTIONS.get(module, ()) and node.args:
             owner = self.finder.owner(node.args[0].value, self.scope, self.function)
             if owner is not None:
@@ -580,8 +601,8 @@ class _Body:
             if owner is None:
                 continue
             what = f"`{self.text(node)}` calls {name}(), where line {effect.line}: {effect.what}"
-            if effect.kind == "random":
-                self.found.append((node, "random", what, effect.fix, None))
+            if effect.kind in ("random", "process"):
+                self.found.append((node, effect.kind, what, effect.fix, None))
             else:
                 self.found.append((node, owner.kind, what, effect.fix, owner.name))
 

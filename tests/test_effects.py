@@ -94,17 +94,26 @@ def test_argument_write_keeps_the_calls_plain_with_one_notice() -> None:
     ("table = table.copy(deep=False)\n    table[0] = 1", "changes the argument `table`"),
     ("table = list(table)\n    table[0].append(x)", "changes the argument `table`"),  # shallow
     ("return (row * x for row in table)", "gives a generator, which cannot be sent back"),
+    ("os.chdir(table)", "`os.chdir()` changes the working directory of the process"),
+    ("chdir(table)", "`chdir()` changes the working directory of the process"),
+    ("os.putenv('K', table)", "`os.putenv()` changes the environment of the process"),
+    ("sys.setrecursionlimit(x)", "`sys.setrecursionlimit()` changes the recursion limit"),
+    ("signal.signal(x, table)", "`signal.signal()` changes a signal handler of the process"),
+    ("if x:\n        os._exit(x)", "`os._exit()` ends the process"),
+    ("helper(x)", "calls helper(), where line 11: `os._exit()` ends the process"),
 ])
 def test_each_effect_is_found(statement: str, what: str) -> None:
     out = rewritten(textwrap.dedent('''\
-        import heapq, random, settings
+        import heapq, os, random, settings, signal, sys
         import numpy as np
         import numpy.random as npr
+        from os import chdir
         from random import choice
         STATE = [0]
         TOTAL = 0
         RNG = random.Random(1)
         NPG = np.random.default_rng(1)
+        def helper(x): os._exit(x)
 
         @implicit_fork
         def work(table, x, *args, **kwargs):
@@ -426,6 +435,21 @@ EFFECT_SCRIPTS = {
             fill(table, k)
         print(table)
     ''', "{0: 0, 1: 2, 2: 4}", 8, "`put(table, key, key * 2)` calls put(), where line 4"),
+    "working directory": ('''\
+        import os
+        from autofork import evaluate, fork, implicit_fork
+
+        @implicit_fork
+        def enter(name):
+            os.makedirs(name, exist_ok=True)
+            os.chdir(name)
+            return sum(i * i for i in range(200_000))
+
+        evaluate(fork(abs, 1))   # workers are up: every call could go to one
+        start = os.getcwd()
+        sums = [enter(f"d{i}") for i in range(3)]
+        print(os.path.relpath(os.getcwd(), start))
+    ''', os.path.join("d0", "d1", "d2"), 7, "`os.chdir()` changes the working directory"),
     "element of an argument": ('''\
         from autofork import implicit_fork
 
@@ -452,6 +476,31 @@ def test_effect_script_gives_the_same_output_and_warns_once(tmp_path: Path, kind
     assert len(warnings) == 1, ours.stderr
     assert f"script.py:{line}: AutoforkWarning: " in warnings[0]
     assert text in warnings[0]
+
+
+@pytest.mark.timeout(180)
+def test_a_function_that_ends_the_process_ends_the_program_as_it_did(tmp_path: Path) -> None:
+    source = '''\
+        import os
+        from autofork import evaluate, fork, implicit_fork
+
+        @implicit_fork
+        def check(x):
+            total = sum(i * i for i in range(200_000))
+            if x == 3:
+                print("giving up at", x, flush=True)
+                os._exit(5)
+            return total % 7
+
+        evaluate(fork(abs, 1))   # workers are up: every call could go to one
+        print([check(x) for x in range(6)])
+    '''
+    plain = run(tmp_path, source, autofork=False)
+    ours = run(tmp_path, source)
+    assert plain.returncode == 5 and plain.stdout == "giving up at 3\n", plain
+    assert (ours.returncode, ours.stdout) == (plain.returncode, plain.stdout), ours.stderr
+    assert "WorkerCrashed" not in ours.stderr
+    assert "script.py:9: AutoforkWarning: check() is not forked" in ours.stderr
 
 
 PARALLEL = '''\
