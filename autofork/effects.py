@@ -25,7 +25,8 @@ the global random generator        ``random.random()``, ``random.shuffle(p)``,  
 calls a same-module function       its effects, with each argument it changes   plain
                                    mapped to what the caller passed
 the state of the process           ``os.chdir(d)``, ``os.putenv``, ``os._exit``, plain
-                                   ``sys.setrecursionlimit``, ``signal.signal``
+                                   ``sys.setrecursionlimit``, ``signal.signal``;
+                                   reading ``sys.stdin``, ``input()``
 returns a generator expression     ``return (f(x) for x in xs)``: a generator   plain
                                    cannot be sent back from another process
                                    (a generator function is kept plain by the
@@ -97,6 +98,7 @@ _PROCESS_STATE = {
             "the switch interval", "settrace": "the trace function", "setprofile":
             "the profile function", "set_int_max_str_digits": "the int conversion limit"},
     "signal": {"signal": "a signal handler", "alarm": "the alarm", "setitimer": "a timer"},
+    "fileinput": {"input": "reads the standard input or the files of the command line"},
 }
 # numpy.random names that make a generator of one's own: every other function of
 # numpy.random draws from (or reseeds) the global one.
@@ -368,7 +370,7 @@ class _Body:
             cst.Assign: self.visit_Assign, cst.AugAssign: self.visit_AugAssign,
             cst.AnnAssign: self.visit_AnnAssign, cst.Del: self.visit_Del, cst.For: self.visit_For,
             cst.NamedExpr: self.visit_NamedExpr, cst.Call: self.visit_Call,
-            cst.Return: self.visit_Return,
+            cst.Return: self.visit_Return, cst.Attribute: self._stdin,
         }
 
     def effects(self) -> list[Effect]:
@@ -481,10 +483,31 @@ class _Body:
                                "cannot be sent back from another process",
                                "return a list (`return [...]`) or a tuple", None))
 
+    # ---- the caller's standard input
+
+    def _stdin(self, node: cst.Attribute) -> None:
+        """``sys.stdin`` (and ``stdin.read`` after ``from sys import stdin``: names are not
+        walked): a worker process has no input."""
+        read: cst.BaseExpression = node
+        if isinstance(node.value, cst.Name) and node.value.value in ("stdin", "__stdin__"):
+            read = node.value
+        elif node.attr.value not in ("stdin", "__stdin__"):
+            return
+        if self.scopes.imported(read, self.scope) in (("sys", "stdin"), ("sys", "__stdin__")):
+            self.found.append((node, "process", f"`{self.text(read)}` reads the standard input "
+                               "of the process, which a worker process does not share",
+                               "read the input in the caller and pass it as an argument", None))
+
     # ---- calls
 
     def visit_Call(self, node: cst.Call) -> None:
         func = node.func
+        if isinstance(func, cst.Name) and func.value == "input" and (
+                self.scopes.lookup(self.scope, "input")[0] is None):
+            self.found.append((node, "process", "`input()` reads the standard input of the "
+                               "process, which a worker process does not share",
+                               "read the input in the caller and pass it as an argument", None))
+            return
         if _rewritten(node, "then") or _rewritten(node, "fold") and len(node.args) == 3 and (
                 isinstance(node.args[1].value, cst.SimpleString)
                 and str(node.args[1].value.evaluated_value).endswith("=")):
@@ -556,7 +579,7 @@ class _Body:
                                f"own, {own}", None))
         elif attr in _PROCESS_STATE.get(module, {}):
             changed = _PROCESS_STATE[module][attr]
-            what = (f"`{self.text(node.func)}()` {changed}" if changed.startswith("ends")
+            what = (f"`{self.text(node.func)}()` {changed}" if changed.startswith(("ends", "reads"))
                     else f"`{self.text(node.func)}()` changes {changed} of the process")
             self.found.append((node, "process", f"{what}, which a worker process does for "
                                "itself, never for the caller",

@@ -100,14 +100,20 @@ def test_argument_write_keeps_the_calls_plain_with_one_notice() -> None:
     ("sys.setrecursionlimit(x)", "`sys.setrecursionlimit()` changes the recursion limit"),
     ("signal.signal(x, table)", "`signal.signal()` changes a signal handler of the process"),
     ("if x:\n        os._exit(x)", "`os._exit()` ends the process"),
-    ("helper(x)", "calls helper(), where line 11: `os._exit()` ends the process"),
+    ("helper(x)", "calls helper(), where line 12: `os._exit()` ends the process"),
+    ("return input()", "`input()` reads the standard input of the process"),
+    ("return sys.stdin.readline()", "`sys.stdin` reads the standard input of the process"),
+    ("for line in sys.stdin:\n        x += 1", "`sys.stdin` reads the standard input"),
+    ("return stdin.read()", "`stdin` reads the standard input of the process"),
+    ("return fileinput.input()", "`fileinput.input()` reads the standard input"),
 ])
 def test_each_effect_is_found(statement: str, what: str) -> None:
     out = rewritten(textwrap.dedent('''\
-        import heapq, os, random, settings, signal, sys
+        import fileinput, heapq, os, random, settings, signal, sys
         import numpy as np
         import numpy.random as npr
         from os import chdir
+        from sys import stdin
         from random import choice
         STATE = [0]
         TOTAL = 0
@@ -146,12 +152,15 @@ def test_each_effect_is_found(statement: str, what: str) -> None:
     "import copy\n    xs = copy.deepcopy(xs)\n    xs.append(x)\n    return xs",
     "return [v * x for v in (w + 1 for w in xs)]",                    # a generator used inside
     "def rows():\n        return (v for v in xs)\n    return list(rows())",
+    "sys.stdout.write('a')\n    return sys.stdout.isatty()",        # output, not input
+    "def input():\n        return 1\n    return input() + len(stdin)",   # not the builtin
 ])
 def test_no_effect_stays_forked(body: str) -> None:
     out = rewritten(textwrap.dedent('''\
-        import logging, math, random, warnings
+        import logging, math, random, sys, warnings
         import numpy as np
         log = logging.getLogger(__name__)
+        stdin = "not sys.stdin"
         SCALE = 3
         RNG_CLASS = random.Random
 
@@ -289,13 +298,14 @@ def test_a_module_that_imports_a_function_with_effects_calls_it_plainly() -> Non
 
 
 def run(tmp_path: Path, source: str, *options: str, autofork: bool = True,
-        env: Optional[dict[str, str]] = None, name: str = "script.py") -> subprocess.CompletedProcess:
+        env: Optional[dict[str, str]] = None, name: str = "script.py",
+        stdin: Optional[str] = None) -> subprocess.CompletedProcess:
     script = tmp_path / name
     script.write_text(textwrap.dedent(source))
     command = [sys.executable, *(["-m", "autofork", *options] if autofork else []), str(script)]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=full_env,
-                          cwd=tmp_path)
+                          cwd=tmp_path, input=stdin)
 
 
 def same_output(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
@@ -501,6 +511,28 @@ def test_a_function_that_ends_the_process_ends_the_program_as_it_did(tmp_path: P
     assert (ours.returncode, ours.stdout) == (plain.returncode, plain.stdout), ours.stderr
     assert "WorkerCrashed" not in ours.stderr
     assert "script.py:9: AutoforkWarning: check() is not forked" in ours.stderr
+
+
+@pytest.mark.timeout(180)
+def test_a_function_that_reads_the_standard_input_reads_the_programs(tmp_path: Path) -> None:
+    source = '''\
+        import sys
+        from autofork import evaluate, fork, implicit_fork
+
+        @implicit_fork
+        def ask(x):
+            total = sum(i * i for i in range(200_000))
+            return x, sys.stdin.readline().strip(), total % 7
+
+        evaluate(fork(abs, 1))   # workers are up: every call could go to one
+        print([ask(x) for x in range(3)])
+    '''
+    plain = run(tmp_path, source, autofork=False, stdin="a\nb\nc\n")
+    ours = run(tmp_path, source, stdin="a\nb\nc\n")
+    assert "'a'" in plain.stdout and "'c'" in plain.stdout, plain
+    assert (ours.returncode, ours.stdout) == (plain.returncode, plain.stdout), ours.stderr
+    assert "script.py:7: AutoforkWarning: ask() is not forked" in ours.stderr
+    assert "`sys.stdin` reads the standard input" in ours.stderr
 
 
 PARALLEL = '''\
