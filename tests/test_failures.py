@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,18 +16,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(script: Path, *, autofork: bool) -> subprocess.CompletedProcess[str]:
+def run(script: Path, *, autofork: bool, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOFORK")}
     env.update({"AUTOFORK_WORKERS": "2", "PYTHONPATH": str(ROOT)})
     command = [sys.executable, *(["-m", "autofork"] if autofork else []), str(script)]
     return subprocess.run(command, cwd=script.parent, env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, input=stdin)
 
 
-def both(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess[str], ...]:
+def both(tmp_path: Path, source: str, stdin: str = "") -> tuple[subprocess.CompletedProcess[str], ...]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source).lstrip("\n"))
-    return run(script, autofork=False), run(script, autofork=True)
+    return run(script, autofork=False, stdin=stdin), run(script, autofork=True, stdin=stdin)
 
 
 def last_line(stderr: str) -> str:
@@ -407,3 +408,113 @@ def test_an_uncaught_failure_through_a_finally_reads_as_sequentially(tmp_path: P
     assert plain.stdout == forked.stdout == "finally 4 13\n"
     assert "r = f(x)" in forked.stderr and "never used" not in forked.stderr
     assert last_line(forked.stderr) == last_line(plain.stderr) == "ValueError: 3"
+
+
+# ------------------------------------------ what the program wrote after a late failure
+
+LATE = textwrap.dedent('''
+    import time
+    from autofork import implicit_fork
+
+    @implicit_fork
+    def f(x):
+        time.sleep(0.3)
+        print("in f", x)
+        if x == 3:
+            raise ValueError(x)
+        return x
+
+''')
+
+
+@pytest.mark.timeout(60)
+def test_what_the_caller_prints_after_a_call_that_fails_late_is_not_printed(tmp_path: Path) -> None:
+    """The call fails after the caller printed: the print never happened sequentially
+    (also when the failure is raised through a lazy operation on the result); what came
+    before the failing call is printed, in order."""
+    plain, forked = both(tmp_path, LATE + textwrap.dedent('''
+        a = f(1)
+        print("after a")
+        r = f(3)
+        print("x")
+        b = f(4)
+        print(r + 1, b)
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert forked.stdout == plain.stdout == "in f 1\nafter a\nin f 3\n"
+    assert "r = f(3)" in forked.stderr and "never used" not in forked.stderr
+    assert last_line(forked.stderr) == last_line(plain.stderr) == "ValueError: 3"
+
+
+@pytest.mark.timeout(60)
+def test_what_the_caller_prints_after_a_failure_nobody_used_is_not_printed(tmp_path: Path) -> None:
+    """The failure is reported at exit: what the program wrote after that call, and the
+    failures of the calls after it, never happened sequentially."""
+    plain, forked = both(tmp_path, LATE + textwrap.dedent('''
+        r = f(3)
+        print("x")
+        s = f(3)
+        print("y")
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert forked.stdout == plain.stdout == "in f 3\n"
+    assert forked.stderr.count("Traceback") == 1 and "never used" in forked.stderr
+    assert last_line(forked.stderr) == last_line(plain.stderr) == "ValueError: 3"
+
+
+def answer_prompt(script: Path, *, autofork: bool, first: str) -> tuple[int, str, str]:
+    """Run ``script`` as a user at a terminal would: give it ``first``, wait (20 s at most)
+    for the prompt ``name? `` to show, only then answer it.  (exit code, stdout, stderr);
+    the exit code is None if the prompt never showed while the program waited."""
+    import select
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTOFORK")}
+    env.update({"AUTOFORK_WORKERS": "2", "PYTHONPATH": str(ROOT)})
+    command = [sys.executable, *(["-m", "autofork"] if autofork else []), str(script)]
+    proc = subprocess.Popen(command, cwd=script.parent, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(first.encode() + b"\n")
+        proc.stdin.flush()
+        shown, ended = b"", False
+        deadline = time.monotonic() + 20
+        while b"name? " not in shown and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    ended = True  # the program ended without prompting
+                    break
+                shown += chunk
+        if b"name? " not in shown and not ended:
+            return None, shown.decode(), ""  # type: ignore[return-value]
+        out, err = proc.communicate(b"bob\n", timeout=30)
+        return proc.returncode, (shown + out).decode(), err.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.timeout(120)
+def test_input_after_a_call_that_fails_raises_before_the_prompt(tmp_path: Path) -> None:
+    """``input`` waits for the calls its prompt is queued behind: a failure is raised
+    before the prompt, as sequentially; without one, the prompt shows (flushed) before
+    the program reads the answer."""
+    script = tmp_path / "script.py"
+    script.write_text(LATE + textwrap.dedent('''
+        import sys
+        r = f(int(sys.stdin.readline()))
+        name = input("name? ")
+        print("hello", name, r)
+    '''))
+    plain = answer_prompt(script, autofork=False, first="3")
+    forked = answer_prompt(script, autofork=True, first="3")
+    assert plain[0] == forked[0] == 1
+    assert forked[1] == plain[1] == "in f 3\n"
+    assert "r = f(int(" in forked[2] and "never used" not in forked[2]
+    assert last_line(forked[2]) == last_line(plain[2]) == "ValueError: 3"
+    plain = answer_prompt(script, autofork=False, first="2")
+    forked = answer_prompt(script, autofork=True, first="2")
+    assert plain[0] == forked[0] == 0
+    assert forked[1] == plain[1] == "in f 2\nname? hello bob 2\n"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import _phases
 from . import config, output, stats
 from .errors import without_internal_frames
-from .task import live_tasks, unobserved_failures
+from .task import live_tasks, stopped_at, unobserved_failures
 
 if TYPE_CHECKING:  # annotations only: typeguard would check the protocol on every fork
     from .aio import EventLoopThread
@@ -117,8 +117,15 @@ def finish() -> bool:
         callback()
     for task in live_tasks():
         task.wait()
-    output.flush(force=True)
     failures = unobserved_failures()
+    stopped = [task.failure.seq for task in failures  # type: ignore[union-attr]
+               if task.failure.seq >= 0]  # type: ignore[union-attr]
+    if stopped:
+        # The sequential program stopped at the first rewritten call that failed: what
+        # it wrote after that call, and the failures of later calls, never happened.
+        stopped_at(min(stopped))
+        failures = unobserved_failures()
+    output.flush(force=True)
     for task in failures:
         task.mark_observed()
         exc = task.failure.exception()  # type: ignore[union-attr]

@@ -135,7 +135,7 @@ class Failure:
     and no frame of the worker keeps memory alive).
     """
 
-    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb", "raised")
+    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb", "raised", "seq")
 
     def __init__(self, payload: bytes, frames: list[Frame], site: Frame | None = None,
                  cause: tuple[bool, Failure] | None = None) -> None:
@@ -151,6 +151,10 @@ class Failure:
         # anybody (``NeverMade``): a lazy operation that inherited it, dropped with the
         # names after that failure, is not reported at exit as a failure nobody saw.
         self.raised = False
+        # The output place (``Task.seq``) of the rewritten call that failed with it, -1
+        # if none: a lazy operation that inherited it and is raised stops the sequential
+        # program at that call, as the call itself would (``task.stopped_at``).
+        self.seq = -1
 
     @classmethod
     def capture(cls, exc: BaseException, skip: int = 1) -> Failure:

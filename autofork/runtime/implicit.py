@@ -38,18 +38,41 @@ rewritten code what each name ``bind`` saw must hold again.
 
 from __future__ import annotations
 
+import builtins
 import sys
 from typing import Any, Callable, Literal, Optional
 
-from . import config, engine
+from . import config, engine, output
 from .errors import add_note
 from .folds import Folds
 from .granularity import UNSCANNED, call, running_inline, running_serial
 from .proxy import ResultProxy, unwrap
 from .settle import settle, settle_names, trim
-from .task import DONE, stopped_at
+from .task import DONE, stop_before_read, stopped_at
 
 __all__ = ["fork", "fork_recursive", "Joiner", "unwrap", "settle", "settle_names"]
+
+
+def _wrap_input() -> None:
+    """``input`` of a rewritten program: its prompt would be queued behind the forks still
+    running (and behind a failed one, for good), so it first waits for them and raises
+    the failure of the first that failed (``task.stop_before_read``): the sequential
+    program failed there before it prompted.  Nothing queued: the plain ``input``."""
+    plain = builtins.input
+    if getattr(plain, "_autofork_plain", None) is not None:
+        return
+
+    def input(prompt: object = "", /) -> str:  # noqa: A001 - stands in for the builtin
+        if output.held():
+            stop_before_read()
+        return plain(prompt)
+
+    input.__doc__ = plain.__doc__
+    input._autofork_plain = plain  # type: ignore[attr-defined]
+    builtins.input = input
+
+
+_wrap_input()
 
 
 def fork(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

@@ -26,8 +26,10 @@ Rules:
   made after it ran anyway, and the caller went on until it used the failed value or
   reached the end of the loop.  So what comes after a failed rewritten call is held;
   when its failure is raised in the caller (``raised``), that output is dropped (the
-  program's ``except`` then writes after the output of the calls before); at the exit,
-  held output of a failure never raised goes out.  Explicit ``fork`` calls are the
+  program's ``except`` then writes after the output of the calls before).  At the exit
+  a failure nobody raised is reported and so raised too (``engine.finish``); ``input``
+  waits for the calls its prompt is queued behind and raises such a failure before
+  prompting (``task.stop_before_read``).  Held output still there at exit goes out.  Explicit ``fork`` calls are the
   program's own parallelism: their failures hold nothing.
 
 * Emission never holds the lock while it writes: a logging handler holds its own lock
@@ -61,7 +63,7 @@ import threading
 import warnings
 from typing import Any, Callable, Optional
 
-__all__ = ["begin", "end", "raised", "voided", "flush", "run_captured", "capture_in_worker", "take",
+__all__ = ["begin", "end", "raised", "held", "voided", "flush", "run_captured", "capture_in_worker", "take",
            "note_changed"]
 
 # Kinds of captured entries: (kind, payload).
@@ -310,6 +312,11 @@ def raised(seq: int) -> None:
     """The failure of the rewritten call ``seq`` is raised in the caller now."""
     if seq >= 0 and _log.failed:
         _log.raised(seq)
+
+
+def held() -> bool:
+    """Whether the caller's writes are queued now (forks pending, or output held)."""
+    return not _log.quiet
 
 
 def voided(seq: int) -> bool:

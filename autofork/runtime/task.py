@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # typing only: executor.py builds on this module
     from .executor import Executor
 
 __all__ = ["Task", "Chunk", "ChunkItem", "WAITING", "QUEUED", "RUNNING", "DONE", "track",
-           "untrack", "live_tasks", "unobserved_failures", "stopped_at"]
+           "untrack", "live_tasks", "unobserved_failures", "stopped_at", "stop_before_read"]
 
 WAITING, QUEUED, RUNNING, DONE = 0, 1, 2, 3
 
@@ -124,6 +124,8 @@ class Task:
     def set_failure(self, failure: Failure) -> None:
         if failure.site is None:
             failure.site = self.site
+        if self.caller_may_run and failure.seq < 0:
+            failure.seq = self.seq
         self.failure = failure
         if not (failure.raised or self.caller_may_run and output.voided(self.seq)):  # see stopped_at
             _unobserved[id(self)] = self
@@ -187,6 +189,8 @@ class Task:
         self.mark_observed()
         if self.caller_may_run:  # a rewritten call
             stopped_at(self.seq)
+        elif failure.seq >= 0:  # a lazy operation on a rewritten call that failed
+            stopped_at(failure.seq)
         raise failure.exception()
 
     def mark_observed(self) -> None:
@@ -215,6 +219,21 @@ def stopped_at(seq: int) -> None:
                 "sequential program never made this call, so it was not run"), skip=0)
             failure.raised = True
             task.set_failure(failure)
+
+
+def stop_before_read() -> None:
+    """The caller is about to wait for its user (``input``) while its writes are queued:
+    wait for the rewritten calls they are queued behind (the prompt could not show
+    before them anyway), and raise the failure of the first that failed, in call order,
+    as the sequential program did before it ever prompted."""
+    for task in list(_live):
+        if getattr(task, "caller_may_run", False):
+            task.wait()
+    failed = [task for task in list(_unobserved.values())
+              if getattr(task, "caller_may_run", True) and task.seq >= 0
+              and not getattr(task.failure, "raised", False)]
+    if failed:
+        min(failed, key=lambda task: task.seq).result()  # raises (and stopped_at)
 
 
 class NeverMade(Exception):
@@ -342,7 +361,9 @@ class ChunkItem:
         if chunk.state != DONE:
             return None
         if chunk.failure is not None:
-            return Failure(chunk.failure.payload, chunk.failure.frames, self.site)
+            failure = Failure(chunk.failure.payload, chunk.failure.frames, self.site)
+            failure.seq = self.seq
+            return failure
         ok, outcome = chunk.outcomes[self.index]  # type: ignore[index]
         if ok:
             return None
@@ -350,6 +371,8 @@ class ChunkItem:
         chunk.outcomes[self.index] = (False, failure)  # type: ignore[index]
         if failure.site is None:
             failure.site = self.site
+        if failure.seq < 0:
+            failure.seq = self.seq
         return failure
 
     def result(self, timeout: Optional[float] = None) -> Any:
