@@ -2930,8 +2930,29 @@ def _char_blocks(old: str, new: str) -> list[tuple[int, int, int]]:
         elif deleted >= 0:
             i = deleted
         else:
-            i, j = i + 1, j + 1
+            callee = _callee_moved(old, i, new, j)
+            if callee >= 0:
+                j = callee
+            else:
+                i, j = i + 1, j + 1
     return blocks
+
+
+_CALLEE = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*(?=\()")
+
+
+def _callee_moved(old: str, i: int, new: str, j: int) -> int:
+    """Where the callee of a call at ``old[i]`` became the first argument of ``fork``
+    (``f(x)`` -> ``fork(f, x)``, ``m.f()`` -> ``fork(m.f)``), in ``new`` from ``j``; -1
+    if it did not.  (A short call has no four characters left in common.)"""
+    found = _CALLEE.match(old, i)
+    if found is None:
+        return -1
+    for after in (", ", ")"):
+        at = new.find(f"({found.group()}{after}", j)
+        if at >= 0:
+            return at + 1
+    return -1
 
 
 def _line_map(original: str, rewritten: str) -> tuple[list[int], list[Union[int, _LineColumns]]]:

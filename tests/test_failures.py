@@ -518,3 +518,46 @@ def test_input_after_a_call_that_fails_raises_before_the_prompt(tmp_path: Path) 
     forked = answer_prompt(script, autofork=True, first="2")
     assert plain[0] == forked[0] == 0
     assert forked[1] == plain[1] == "in f 2\nname? hello bob 2\n"
+
+
+# ---------------------------------------- the carets under a value fork's call (3.11+)
+
+
+@pytest.mark.timeout(60)
+def test_the_traceback_of_a_value_fork_reads_as_sequentially_carets_included(tmp_path: Path) -> None:
+    """``r = f(3)``, alone or in a try whose failure leaves (re-raised, through a
+    finally): the same traceback text, the carets under ``f(3)`` included, and the
+    failure is not chained to a second copy of itself."""
+    plain, forked = both(tmp_path, LATE + textwrap.dedent('''
+        def main(x):
+            try:
+                r = f(x)
+                s = r + 1
+            except ValueError:
+                print("caught")
+                raise
+            return s
+
+        def loop():
+            try:
+                for x in range(5):
+                    r = f(x)
+                    print(r)
+            finally:
+                pass
+
+        try:
+            r = f(3)
+            print(r + 1)
+        except KeyError:
+            pass
+        finally:
+            try:
+                main(3)
+            finally:
+                loop()
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert forked.stdout == plain.stdout
+    assert forked.stderr.count("Traceback") == plain.stderr.count("Traceback") == 3
+    assert forked.stderr == plain.stderr

@@ -135,7 +135,8 @@ class Failure:
     and no frame of the worker keeps memory alive).
     """
 
-    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb", "raised", "seq")
+    __slots__ = ("payload", "frames", "site", "cause", "_local", "_local_tb", "raised", "seq",
+                 "last")
 
     def __init__(self, payload: bytes, frames: list[Frame], site: Frame | None = None,
                  cause: tuple[bool, Failure] | None = None) -> None:
@@ -155,6 +156,9 @@ class Failure:
         # if none: a lazy operation that inherited it and is raised stops the sequential
         # program at that call, as the call itself would (``task.stopped_at``).
         self.seq = -1
+        # The exception ``exception`` made last: a join that sees it leave its block
+        # lets it go on, not a second copy (whose context it would become).
+        self.last: BaseException | None = None
 
     @classmethod
     def capture(cls, exc: BaseException, skip: int = 1) -> Failure:
@@ -197,6 +201,7 @@ class Failure:
                     exc.__context__ = cause.exception()
         if self.site is not None:
             remote_tb = _synthetic_tb(self.site, remote_tb)
+        self.last = exc
         return exc.with_traceback(remote_tb)
 
 

@@ -236,7 +236,7 @@ class Joiner:
     def __exit__(self, kind: Any, value: Any, tb: Any) -> Literal[False]:
         if kind is not None and not issubclass(kind, Exception):
             return False  # KeyboardInterrupt, SystemExit: leave at once
-        failed = _finish(self._tasks)
+        failed = _finish(self._tasks, value)
         self._tasks = []
         folds = self._folds
         if folds is not None:
@@ -253,7 +253,7 @@ class Joiner:
                 for container in self._containers.values():
                     trim(container, failed[0][2])
                 self._containers = None
-            _raise_first(failed)
+            _raise_first(failed, value)  # (returns when that failure is leaving already)
         if kind is None and self._containers:
             for container in self._containers.values():
                 settle(container)
@@ -291,9 +291,11 @@ def _first(entry: tuple[int, Any, int]) -> int:
     return entry[0]
 
 
-def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]]:
+def _finish(tasks: list[tuple[int, Any]], leaving: Optional[BaseException] = None,
+            ) -> list[tuple[int, BaseException, int]]:
     """Wait for the tasks in call order up to the first that failed; (2 * position + 1,
-    exception, output seq) of it and of the later ones that have failed already.
+    exception, output seq) of it and of the later ones that have failed already.  The
+    exception is ``leaving`` (what leaves the block) when that is the failure's own.
 
     The calls after the first failure were never made by the sequential program, which
     stopped there: they are not waited for (``stopped_at`` drops what they print and
@@ -306,7 +308,11 @@ def _finish(tasks: list[tuple[int, Any]]) -> list[tuple[int, BaseException, int]
                 if later.state == DONE and later.failure is not None:
                     later.mark_observed()
                     later.failure.raised = True  # (see Failure.raised)
-                    failed.append((2 * later_position + 1, later.failure.exception(), later.seq))
+                    failure = later.failure
+                    exc = (leaving if leaving is not None and failure.last is leaving
+                           else failure.exception())
+                    failure.last = None  # (no cycle through the traceback's frames)
+                    failed.append((2 * later_position + 1, exc, later.seq))
                 elif later.state != DONE:  # its failure, if any, is this block's: not lost
                     later.add_done_callback(_observe)
             break
@@ -320,14 +326,18 @@ def _observe(task: Any) -> None:
         failure.raised = True  # (see Failure.raised)
 
 
-def _raise_first(failed: list[tuple[int, BaseException, int]]) -> None:
+def _raise_first(failed: list[tuple[int, BaseException, int]],
+                 leaving: Optional[BaseException] = None) -> None:
+    """Raise the first failure; if it is ``leaving`` (the body used the failed value),
+    return instead: it goes on as it is, as it did sequentially."""
     first = failed[0][1]
     stopped_at(failed[0][2])  # what came after it never happened sequentially
     if len(failed) > 1:
         others = len(failed) - 1
         add_note(first, f"autofork: {others} later forked call"
                         f"{'s' if others > 1 else ''} in the same block failed too")
-    raise first
+    if first is not leaving:
+        raise first
 
 
 # Rewritten code imports this module just before it runs: start the workers now, in the
