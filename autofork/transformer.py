@@ -80,8 +80,9 @@ the enclosing class, with any arguments (``*args``, ``**kwargs``), in any expres
 
 Line numbers: inserted statements go on existing lines where that is natural (the
 runtime import joins the docstring, ``__future__`` or first statement line);
-``with`` lines are new, and ``compile_rewritten`` maps every position of the code
-object back to the original file.
+``with`` lines are new (in a class body, a ``del`` of the joiner follows its block, so
+that ``vars(C)`` is the sequential one), and ``compile_rewritten`` maps every position
+of the code object back to the original file.
 
 Cost (``python tests/transformer_cases/bench.py``: a generated 3,000-line module with
 214 marked functions, 214 joiners and 214 lazy values; CPU time, Python 3.11, libcst 1.9):
@@ -2374,10 +2375,23 @@ class _Rewriter:
             c.AugAssign: self._aug_assign, c.Assign: self._assign,
             c.AnnAssign: self._ann_assign,
         }
+        # The scopes being rebuilt, innermost last: True for a class body.
+        self._scopes: list[bool] = []
+        self._scoping = {c.ClassDef: True, c.FunctionDef: False, c.Lambda: False}
 
     def rebuild(self, node: Any) -> Any:
         if id(node) not in self.a.dirty:
             return node
+        scope = self._scoping.get(type(node))
+        if scope is None:
+            return self._rebuild(node)
+        self._scopes.append(scope)
+        try:
+            return self._rebuild(node)
+        finally:
+            self._scopes.pop()
+
+    def _rebuild(self, node: Any) -> Any:
         base = _cst.CSTNode
         changes: dict[str, Any] = {}
         kind: type = type(node)
@@ -2521,12 +2535,22 @@ class _Rewriter:
                 new = self._with(joiner, [new])
             names = self.a.settles.get(id(stmt))
             groups.append([new] if names is None else self._settle(names, new))
+            if joiner is not None:
+                groups[-1].extend(self._forget(joiner))
         rest = self.a.rest_wraps.get(id(original))
         start = len(groups) if rest is None else rest[0]
         out = [stmt for group in groups[:start] for stmt in group]
         if rest is not None:
             out.append(self._with(rest[1], [stmt for group in groups[start:] for stmt in group]))
+            out.extend(self._forget(rest[1]))
         return out
+
+    def _forget(self, joiner: str) -> list[Any]:
+        """In a class body: ``del`` the joiner after its block, so that it does not become
+        a class attribute (``vars(C)`` as sequentially)."""
+        if not self._scopes or not self._scopes[-1]:
+            return []
+        return [_cst.parse_statement(f"del {self.names.rename(joiner)}\n")]
 
     def _settle(self, names: tuple[str, ...], stmt: Any) -> list[Any]:
         """``rt.settle_names("r", ...)`` on a line of its own, then ``stmt`` (a try or with)."""
@@ -2545,7 +2569,8 @@ class _Rewriter:
             return new
         c = _cst
         line = c.SimpleStatementLine(body=new.body)
-        return c.IndentedBlock(header=new.trailing_whitespace, body=(self._with(rest[1], [line]),))
+        return c.IndentedBlock(header=new.trailing_whitespace,
+                               body=(self._with(rest[1], [line]), *self._forget(rest[1])))
 
     def _module(self, original: cst.Module, new: cst.Module) -> cst.Module:
         body = self._wrap_body(original, list(new.body))
@@ -2989,7 +3014,8 @@ _REWIND_NOTE = "# autofork: names as before a call that failed"
 _JOINER_LINE = re.compile(r"\s*(?:with _autofork_\w+\.(?:Joiner\(\)|inner\([^()]*\)) as _autofork_\w+:"
                           r"|_autofork_\w+\.settle_names\([^()]*\)"
                           r"|(?:try|finally):  # autofork: names as before a call that failed"
-                          r"|if _autofork_\w+\.(?:rebinds|unbinds)\(.*)\s*")
+                          r"|if _autofork_\w+\.(?:rebinds|unbinds)\(.*"
+                          r"|del _autofork_\w+)\s*")
 
 
 def _replaced(new: Sequence[str], i1: int, i2: int, j1: int, j2: int) -> list[int]:

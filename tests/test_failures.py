@@ -561,3 +561,33 @@ def test_the_traceback_of_a_value_fork_reads_as_sequentially_carets_included(tmp
     assert forked.stdout == plain.stdout
     assert forked.stderr.count("Traceback") == plain.stderr.count("Traceback") == 3
     assert forked.stderr == plain.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_try_in_a_class_body_leaves_no_joiner_in_the_class(tmp_path: Path) -> None:
+    """The joiner of a try in a class body is not a class attribute: ``vars(C)`` is the
+    sequential one; a failure there still reads as sequentially (lines kept)."""
+    plain, forked = both(tmp_path, LATE + textwrap.dedent('''
+        class C:
+            try:
+                r = f(5)
+            finally:
+                pass
+            class D:
+                try:
+                    s = f(6)
+                except KeyError:
+                    pass
+
+        print(sorted(vars(C)), sorted(vars(C.D)), C.r, C.D.s)
+
+        class E:
+            try:
+                r = f(3)
+            finally:
+                pass
+    '''))
+    assert plain.returncode == forked.returncode == 1
+    assert "_autofork" not in forked.stdout
+    assert forked.stdout == plain.stdout
+    assert forked.stderr == plain.stderr
