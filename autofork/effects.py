@@ -26,7 +26,8 @@ calls a same-module function       its effects, with each argument it changes   
                                    mapped to what the caller passed
 the state of the process           ``os.chdir(d)``, ``os.putenv``, ``os._exit``, plain
                                    ``sys.setrecursionlimit``, ``signal.signal``;
-                                   reading ``sys.stdin``, ``input()``
+                                   ``atexit.register``; reading ``sys.stdin``,
+                                   ``input()``
 returns a generator expression     ``return (f(x) for x in xs)``: a generator   plain
                                    cannot be sent back from another process
                                    (a generator function is kept plain by the
@@ -99,6 +100,7 @@ _PROCESS_STATE = {
             "the profile function", "set_int_max_str_digits": "the int conversion limit"},
     "signal": {"signal": "a signal handler", "alarm": "the alarm", "setitimer": "a timer"},
     "fileinput": {"input": "reads the standard input or the files of the command line"},
+    "atexit": {"register": "the exit handlers", "unregister": "the exit handlers"},
 }
 # numpy.random names that make a generator of one's own: every other function of
 # numpy.random draws from (or reseeds) the global one.

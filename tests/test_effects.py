@@ -102,6 +102,7 @@ def test_argument_write_keeps_the_calls_plain_with_one_notice() -> None:
     ("if x:\n        os._exit(x)", "`os._exit()` ends the process"),
     ("helper(x)", "calls helper(), where line 12: `os._exit()` ends the process"),
     ("return input()", "`input()` reads the standard input of the process"),
+    ("atexit.register(print, x)", "`atexit.register()` changes the exit handlers of the process"),
     ("return sys.stdin.readline()", "`sys.stdin` reads the standard input of the process"),
     ("for line in sys.stdin:\n        x += 1", "`sys.stdin` reads the standard input"),
     ("return stdin.read()", "`stdin` reads the standard input of the process"),
@@ -109,7 +110,7 @@ def test_argument_write_keeps_the_calls_plain_with_one_notice() -> None:
 ])
 def test_each_effect_is_found(statement: str, what: str) -> None:
     out = rewritten(textwrap.dedent('''\
-        import fileinput, heapq, os, random, settings, signal, sys
+        import atexit, fileinput, heapq, os, random, settings, signal, sys
         import numpy as np
         import numpy.random as npr
         from os import chdir
@@ -460,6 +461,19 @@ EFFECT_SCRIPTS = {
         sums = [enter(f"d{i}") for i in range(3)]
         print(os.path.relpath(os.getcwd(), start))
     ''', os.path.join("d0", "d1", "d2"), 7, "`os.chdir()` changes the working directory"),
+    "exit handler": ('''\
+        import atexit
+        from autofork import evaluate, fork, implicit_fork
+
+        @implicit_fork
+        def job(x):
+            atexit.register(print, "cleaning up after", x)
+            return sum(i * i for i in range(200_000)) % 7
+
+        evaluate(fork(abs, 1))   # workers are up: every call could go to one
+        print([job(x) for x in range(4)])
+    ''', "[5, 5, 5, 5]\n" + "\n".join(f"cleaning up after {x}" for x in (3, 2, 1, 0)), 6,
+        "`atexit.register()` changes the exit handlers of the process"),
     "element of an argument": ('''\
         from autofork import implicit_fork
 
