@@ -196,6 +196,43 @@ def test_output_of_forked_calls_comes_in_call_order(tmp_path: Path) -> None:
     assert _report(plain.stderr)["step order"] == "False"
 
 
+@pytest.mark.timeout(90)
+def test_a_warning_with_stacklevel_2_points_at_the_calling_line(tmp_path: Path) -> None:
+    # warnings.warn(..., stacklevel=2) names the line that called the function (the
+    # deprecation idiom); in a fork the frame above the function is autofork's own (a
+    # worker's loop, or run_captured in a thread or in the caller).
+    source = """
+        import os, time, warnings
+        from autofork import implicit_fork, io_bound_fork
+
+        @implicit_fork
+        def old_cpu(i):
+            time.sleep(0.05)
+            warnings.warn("old_cpu is deprecated", DeprecationWarning, stacklevel=2)
+            return os.getpid()
+
+        @io_bound_fork
+        def old_io(i):
+            time.sleep(0.05)
+            warnings.warn("old_io is deprecated", UserWarning, stacklevel=2)
+            return i
+
+        warnings.simplefilter("default")
+        warnings.simplefilter("ignore", ResourceWarning)  # not this test's subject
+        first = [old_cpu(i) for i in range(3)]
+        again = [old_cpu(i) for i in range(3)]
+        io = [old_io(i) for i in range(3)]
+        print(len(first), len(again), len(io), old_io(9))
+    """
+    plain = run_script(tmp_path, source)
+    forked = run_script(tmp_path, source, module=True, env={"AUTOFORK_WORKERS": "2"})
+    assert plain.returncode == forked.returncode == 0, forked.stderr
+    assert forked.stdout == plain.stdout == "3 3 3 9\n"
+    assert "script.py:20: DeprecationWarning: old_cpu is deprecated" in plain.stderr
+    assert "script.py:22: UserWarning: old_io is deprecated" in plain.stderr
+    assert forked.stderr == plain.stderr
+
+
 # -- 4. globals read at call time ----------------------------------------------------------
 
 SETTINGS = """

@@ -58,6 +58,7 @@ from __future__ import annotations
 import bisect
 import contextvars
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -302,10 +303,43 @@ def begin() -> int:
     return _log.begin()
 
 
-def end(seq: int, captured: Optional[list], failed: bool = False) -> None:
+def end(seq: int, captured: Optional[list], failed: bool = False, call: Any = None) -> None:
     """The call of ``seq`` is over and wrote ``captured`` (None: nothing); ``failed``: it
-    was a rewritten call and raised (what comes after it waits, see ``raised``)."""
+    was a rewritten call and raised (what comes after it waits, see ``raised``); ``call``:
+    its task, whose ``site`` (the line that made the call) is where a warning is shown
+    whose ``stacklevel`` went past the function into autofork's own frames."""
+    if captured and call is not None:
+        _resite(captured, call)
     _log.end(seq, captured, failed)
+
+
+_OWN_FILES = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_shown_before: Optional[Callable[..., Any]] = None
+
+
+def _show_in_call(message: Any, category: type, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    """``warnings.showwarning`` once a call ran in this process (``run_captured``): a
+    warning of such a call whose ``stacklevel`` reached autofork's frames is kept with the
+    call's output, to be moved to the call's line (``_resite``) and shown by the caller."""
+    captured = _capture.get()
+    if captured is not None and file is None and str(filename).startswith(_OWN_FILES):
+        captured.append((_WARN, (str(message), category, filename, lineno)))
+        return
+    if _shown_before is not None:
+        _shown_before(message, category, filename, lineno, file, line)
+
+
+def _resite(captured: list, call: Any) -> None:
+    """``warnings.warn(..., stacklevel=2)`` in a forked function names the frame above it:
+    sequentially the line that called it, in a fork a frame of autofork (a worker's loop,
+    ``run_captured``): such a warning is moved to the call's line, as sequentially."""
+    for index, (kind, payload) in enumerate(captured):
+        if kind == _WARN and str(payload[2]).startswith(_OWN_FILES):
+            site = call.site
+            if site is None:
+                return
+            captured[index] = (_WARN, (payload[0], payload[1], site.filename, site.lineno))
 
 
 def raised(seq: int) -> None:
@@ -332,11 +366,19 @@ def flush(force: bool = False) -> None:
 
 def run_captured(fn: Callable[..., Any], args: tuple, kwargs: dict, into: list) -> Any:
     """``fn(*args, **kwargs)`` in this thread, what it writes appended to ``into``."""
+    global _shown_before
+    if _shown_before is None:
+        _shown_before = warnings.showwarning
+        warnings.showwarning = _show_in_call
     token = _capture.set(into)
     try:
         return fn(*args, **kwargs)
     finally:
         _capture.reset(token)
+        if "__warningregistry__" in globals():
+            # A warning that reached this frame (stacklevel) was noted here, as shown
+            # at this line: the caller decides at the call's line (_resite), not here.
+            globals()["__warningregistry__"].clear()
 
 
 # -- emitting in the caller ----------------------------------------------------------------
@@ -510,7 +552,7 @@ class _Records(logging.Handler):
         _captured.append((_LOG, fields))
 
 
-_ALWAYS = {"default": "always", "module": "always", "once": "always"}
+_ALWAYS = {"default": "always", "module": "always", "once": "always", "ignore": "always"}
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int,
@@ -528,7 +570,10 @@ def capture_in_worker() -> None:
     root.handlers[:] = [_Records()]
     root.setLevel(1)  # every record goes: the caller's levels decide
     # Every warning shown goes (the caller's filters and registries decide whether it is
-    # shown there); "error" and "ignore" from the program's -W options stay as they are.
+    # shown there, with the module and line the call's own frames give it: an "ignore"
+    # here would judge a warn(..., stacklevel=2) by autofork's module, where Python's
+    # default filters ignore a DeprecationWarning); "error" from -W stays (it raises in
+    # the call, as sequentially).
     warnings.filters[:] = [  # type: ignore[index]  # typeshed: a Sequence; it is a list
         (_ALWAYS.get(action, action), *rest) for action, *rest in warnings.filters]
     warnings.defaultaction = _ALWAYS.get(warnings.defaultaction, warnings.defaultaction)  # type: ignore[attr-defined]

@@ -146,7 +146,7 @@ class Task:
     def _end_output(self) -> None:
         if self.seq >= 0:
             output.end(self.seq, self.output or None,
-                       self.failure is not None and self.caller_may_run)
+                       self.failure is not None and self.caller_may_run, self)
 
     def add_done_callback(self, callback: Callable[["Task"], None]) -> None:
         """Call ``callback(task)`` once the task is done (now, if it is)."""
@@ -302,7 +302,7 @@ class Chunk(Task):
             if item.seq >= 0:
                 failed = self.failure is not None or (
                     outcomes is not None and not outcomes[item.index][0])
-                output.end(item.seq, outputs[item.index] if outputs else None, failed)
+                output.end(item.seq, outputs[item.index] if outputs else None, failed, item)
 
     def set_failure(self, failure: Failure) -> None:
         self.failure = failure
