@@ -520,6 +520,32 @@ def test_input_after_a_call_that_fails_raises_before_the_prompt(tmp_path: Path) 
     assert forked[1] == plain[1] == "in f 2\nname? hello bob 2\n"
 
 
+@pytest.mark.timeout(90)
+def test_input_in_a_forked_thread_call_does_not_wait_for_the_calls_that_wait_for_it(
+        tmp_path: Path) -> None:
+    """``input`` inside an explicit I/O fork reads at once: the rewritten call given its
+    result waits for it, so waiting for the rewritten calls there would never end."""
+    plain, forked = both(tmp_path, textwrap.dedent('''
+        import time
+        from autofork import fork, io_bound, implicit_fork
+
+        @io_bound
+        def ask():
+            time.sleep(0.2)
+            return input("q? ")
+
+        @implicit_fork
+        def g(x):
+            return len(x)
+
+        p = fork(ask)
+        r = g(p)
+        print(r)
+    '''), stdin="hello\n")
+    assert plain.returncode == forked.returncode == 0
+    assert forked.stdout == plain.stdout == "q? 5\n"
+
+
 # ---------------------------------------- the carets under a value fork's call (3.11+)
 
 

@@ -349,8 +349,9 @@ def raised(seq: int) -> None:
 
 
 def held() -> bool:
-    """Whether the caller's writes are queued now (forks pending, or output held)."""
-    return not _log.quiet
+    """Whether the caller's writes are queued now (forks pending, or output held); never
+    in a forked call running in a thread (its writes go to its own list)."""
+    return not _log.quiet and _capture.get() is None
 
 
 def voided(seq: int) -> bool:
