@@ -366,3 +366,27 @@ def test_the_templates_answer_to_preload_counts_however_often_it_is_asked():
         template.close()
         pool._template = None
         pool.close()
+
+
+@pytest.mark.timeout(90)
+def test_exit_under_default_warnings_says_nothing_of_its_processes(tmp_path):
+    # PYTHONWARNINGS=default (as -W default and -X dev) shows ResourceWarnings: exit kills
+    # the template and idle workers without waiting, and must not warn that a killed
+    # process "is still running" (the plain program's stderr is empty).
+    source = """
+        import time
+        from autofork import implicit_fork
+
+        @implicit_fork
+        def work(x):
+            time.sleep(0.01)
+            return x * 2
+
+        print([work(x) for x in range(4)])   # done (in the caller) before workers are up
+    """
+    env = {"PYTHONWARNINGS": "default", "AUTOFORK_WORKERS": "2"}
+    plain = run_script(tmp_path, source, env=env)
+    forked = run_script(tmp_path, source, module=True, env=env)
+    assert plain.returncode == forked.returncode == 0, forked.stderr
+    assert forked.stdout == plain.stdout == "[0, 2, 4, 6]\n"
+    assert forked.stderr == plain.stderr == ""

@@ -798,7 +798,9 @@ class ProcessPool:
                 except OSError:
                     pass  # already dead: wait() below reads its status
             else:
-                worker.process.kill()
+                from .template import discard
+
+                discard(worker.process)
         # They end at once when told to (worker._exit_now); one that does not is killed,
         # and the log says so: exit never waits long in silence.
         deadline = time.monotonic() + (0.5 if self._killing else _STOP_SECONDS)

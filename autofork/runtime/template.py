@@ -43,7 +43,7 @@ import subprocess
 import sys
 from typing import Any, Optional
 
-__all__ = ["Template", "Forked", "serve", "preload_names"]
+__all__ = ["Template", "Forked", "serve", "preload_names", "discard"]
 
 log = logging.getLogger("autofork")
 
@@ -59,6 +59,16 @@ _READY_MODULES = ("autofork.runtime.worker", "autofork.runtime.serialize",
 
 
 # -- the program's side ---------------------------------------------------------------------
+
+def discard(process: Any) -> None:
+    """Kill ``process`` (a worker or the template) without waiting for it: exit never
+    waits.  A ``subprocess.Popen`` not reaped yet is marked as killed, so that it does not
+    warn, when dropped, that it is "still running" (a ResourceWarning that ``-W default``
+    and ``-X dev`` show at every exit); the kernel lets it go when this process ends."""
+    process.kill()
+    if isinstance(process, subprocess.Popen) and process.poll() is None:
+        process.returncode = -signal.SIGKILL
+
 
 class Forked:
     """A worker forked by the template, with the face of ``subprocess.Popen`` the pool uses."""
@@ -176,7 +186,7 @@ class Template:
         and exit does not wait for it, even while it starts or imports."""
         self._socket.close()
         if self.process.poll() is None:
-            self.process.kill()
+            discard(self.process)
 
 
 # Math libraries start a thread pool when imported (OpenBLAS does), and a process with
