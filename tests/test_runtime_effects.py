@@ -466,6 +466,42 @@ def test_calls_run_in_the_directory_and_environment_they_were_made_in(tmp_path: 
     assert forked.splitlines()[1] == "elsewhere True"
 
 
+CONTEXT_CHUNKED = """
+    import os
+    from autofork import implicit_fork
+
+    for d in "abcdef":
+        os.makedirs(f"data/{d}", exist_ok=True)
+        with open(f"data/{d}/x.txt", "w") as f:
+            f.write(d)
+
+    @implicit_fork
+    def read(name):
+        sum(range(3000))          # some 50 µs: calls go to workers in chunks
+        with open(name) as f:
+            return f.read() + os.environ.get("TAG", "-")
+
+    os.chdir("data")
+    out = []
+    for rep in range(40):
+        for d in "abcdef":
+            os.chdir(d)
+            os.environ["TAG"] = str(rep % 3)
+            out.append(read("x.txt"))
+            os.chdir("..")
+    print("".join(out[:12]), len(out))
+    print("".join(out) == "".join(d + str(rep % 3) for rep in range(40) for d in "abcdef"))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_short_calls_sent_together_run_where_each_was_made(tmp_path: Path) -> None:
+    # A chunk of short calls is closed when the directory or environment changes: the
+    # calls made before the change run in the old one, as sequentially.
+    plain, forked = both(tmp_path, CONTEXT_CHUNKED)
+    assert forked == plain == "a0b0c0d0e0f0a1b1c1d1e1f1 240\nTrue\n"
+
+
 # -- 8. what came after a failed call ---------------------------------------------------------
 
 AFTER_FAILURE = """

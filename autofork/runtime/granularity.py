@@ -58,7 +58,7 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import config, engine, output, stats
+from . import config, context, engine, output, stats
 from .api import fork as _fork
 from .api import start
 from .dataflow import scan
@@ -430,9 +430,12 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
     caller = sys._getframe(_CALLER)
     with known.lock:
         state = _globals_state(fn, known)
+        generation = context.current()
         chunk = stale = known.chunk
-        if chunk is not None and chunk.snapshot is not state:
-            chunk = known.chunk = None  # a global it reads was rebound: later calls see it
+        if chunk is not None and (chunk.snapshot is not state or chunk.generation != generation):
+            # A global it reads was rebound, or the directory or environment changed:
+            # later calls see them, the calls made before do not.
+            chunk = known.chunk = None
         else:
             stale = None
         if chunk is None:
@@ -442,6 +445,7 @@ def _chunked(fn: Callable[..., Any], known: _Function, args: tuple, kwargs: dict
             _overlap(fn, known, [])
             chunk = known.chunk = Chunk(fn)
             chunk.snapshot = state
+            chunk.generation = generation
             chunk.caller_may_run = True
             _watch(known, chunk)
             chunk.executor = _flusher

@@ -326,7 +326,9 @@ class ProcessPool:
         task.executor = self
         if len(self._queue) >= _MAX_QUEUED and threading.current_thread() is not self._thread:
             self._wait_for_room()
-        entry = (task, key, call, blobs, state, context.current())
+        # A chunk runs where its calls were made (it is closed when that changes).
+        generation = task.generation if type(task) is Chunk else -1  # type: ignore[attr-defined]
+        entry = (task, key, call, blobs, state, generation if generation >= 0 else context.current())
         if not self._ready and not blobs:
             self._early[id(task)] = entry
         self._queue.append(entry)

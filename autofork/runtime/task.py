@@ -276,15 +276,17 @@ class Chunk(Task):
     call in a chunk costs no lock and no completion of its own.
     """
 
-    __slots__ = ("items", "outcomes", "snapshot")
+    __slots__ = ("items", "outcomes", "snapshot", "generation")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         super().__init__(fn, (), {}, "cpu")
         self.items: list[ChunkItem] = []
         self.outcomes: Optional[list] = None
-        # The state of the globals its calls read, when they were made (freshness): a
-        # chunk is closed when a global its function reads is rebound.
+        # The state of the globals its calls read, when they were made (freshness), and
+        # the generation of the caller's directory and environment (context): a chunk is
+        # closed when a global its function reads is rebound, or the directory changes.
         self.snapshot: Optional[tuple] = None
+        self.generation = -1
 
     def set_outcomes(self, outcomes: list) -> None:
         """Each item's outcome: (True, value) or (False, pickled Failure)."""
