@@ -441,8 +441,12 @@ def _warn(message: str, category: type, filename: str, lineno: int) -> None:
     module = _module_of(filename)
     if module is not None:
         registry = module.__dict__.setdefault("__warningregistry__", {})
+        # Its globals only help find the source of a module loaded from elsewhere than
+        # a file; a script's (no __spec__) made 3.12+ warn "Module globals is missing a
+        # __spec__.loader" at each warning.
+        spec = module.__dict__.get("__spec__")
         warnings.warn_explicit(message, category, filename, lineno, module.__name__, registry,
-                               module.__dict__)
+                               module.__dict__ if getattr(spec, "loader", None) else None)
     else:
         warnings.warn_explicit(message, category, filename, lineno)
 
