@@ -29,7 +29,8 @@ SCRIPT = """
     print(json.dumps({
         "main": os.getpid(), "where": sorted({int(p) for p in pids}),
         "double": int(double(2)),
-        "libcst": sorted(m for m in sys.modules if m.split(".")[0] == "libcst"),
+        # (a copy: the pool's thread may be importing meanwhile)
+        "libcst": sorted(m for m in list(sys.modules) if m.split(".")[0] == "libcst"),
         "rewritten": any(name.startswith("_autofork_rt") for name in globals()),
     }))
 """
