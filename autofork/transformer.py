@@ -310,6 +310,24 @@ def _base_name(node: ast.AST) -> Optional[str]:
     return node.id if isinstance(node, ast.Name) else None
 
 
+def _may_change_in_place(tree: ast.Module, source: str) -> bool:
+    """Whether a global the module binds to data (not an import, def or class) is spelled
+    where an in-place change could be (``name.``, ``name[``, ``name +=``, or the first
+    argument of ``heappush(`` and the like): a cheap test of the text before the walk
+    of ``in_place_globals``."""
+    bound: dict[str, list[ast.AST]] = {}
+    _ast_module_bindings(tree.body, bound)
+    plain = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    names = [name for name, nodes in bound.items()
+             if not all(isinstance(node, plain) for node in nodes)]
+    if not names:
+        return False
+    spelled = "|".join(re.escape(name) for name in names)
+    functions = "|".join(sorted(_IN_PLACE_FUNCTIONS))
+    return re.search(rf"(?<![\w.])(?:{spelled})\s*(?:[.\[]|[-+*/%&|^@<>]+=)"
+                     rf"|\b(?:{functions})\(\s*(?:{spelled})\b", source) is not None
+
+
 def _read_in_functions(tree: ast.Module) -> set[str]:
     """The names that the module's functions read (what a marked function can see of
     the module's globals, itself or through the functions it calls)."""
@@ -2794,6 +2812,8 @@ def _declare_in_place(code: str, source: str, filename: str, runtime: str, cell:
     if not first:
         return code
     tree = cast(ast.Module, compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True))
+    if not cell and not _may_change_in_place(tree, source):
+        return code  # the usual module: no walk of its whole tree (a third of a rewrite)
     in_place = in_place_globals(tree, first, cell)
     if not cell:
         read = _read_in_functions(tree)
