@@ -363,7 +363,7 @@ def test_marked_corpus_compiles_keeps_lines_and_is_idempotent(path: Path) -> Non
 
 
 @pytest.mark.timeout(120)
-def test_rewrite_costs_at_most_twice_the_libcst_parse() -> None:
+def test_rewrite_costs_a_few_times_the_libcst_parse() -> None:
     """The figure is in autofork/transformer.py; run tests/transformer_cases/bench.py for it.
 
     Measured in a fresh interpreter: this one may have typeguard instrumenting the rewriter.
@@ -376,6 +376,8 @@ def test_rewrite_costs_at_most_twice_the_libcst_parse() -> None:
                          capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     times = json.loads(out.stdout.strip().splitlines()[-1])
-    # 1.7x measured; 2.5x leaves room for a loaded machine without hiding a regression to
-    # the metadata providers (which alone cost 2-4x the parse).
-    assert times["rewrite"] <= 2.5 * times["libcst.parse_module"], times
+    # 1.7x measured on 2026-11-25; 1.9-2.8x on 2026-12-02 (quiet machine, best of 3) since
+    # the rewriter also plans the names a try body rebinds after a failure and realigns the
+    # columns of value forks.  3.5x still catches a regression to libcst's metadata
+    # providers (which alone cost 2-4x the parse, on top of the rest).
+    assert times["rewrite"] <= 3.5 * times["libcst.parse_module"], times
